@@ -1,0 +1,1 @@
+"""The `alignkd` command line: composes the command groups each package provides."""

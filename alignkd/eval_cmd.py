@@ -1,0 +1,8 @@
+"""Placeholder command; filled by its issue."""
+
+import typer
+
+
+def eval_model(workflow: str = typer.Option("workflows/toy.yaml", help="workflow YAML")) -> None:
+    """Not built yet."""
+    raise typer.Exit(code=2)

@@ -1,0 +1,241 @@
+"""Workflow configuration: one YAML file in `workflows/`, read once into typed dataclasses.
+
+Strict like nanoGPT's configurator: an unknown key is an error, a value must have its default's
+type, and every problem in the file is reported at once (torchtune's `tune validate` habit).
+Each package reads only its own section (`wf.data`, `wf.cache`, `wf.dump`, `wf.train`, ...);
+nothing here reads environment variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_WORKFLOW = Path("workflows/toy.yaml")
+
+
+class WorkflowError(ValueError):
+    """A workflow file is unreadable or has one or more invalid entries (all listed)."""
+
+
+# ----------------------------------------------------------------------------------- sections
+@dataclass
+class WorldConfig:
+    """What `alignkd toy world` generates (toy workflows only)."""
+
+    dir: str = "runs/toy/world"
+    seed: int = 0
+    image_size: int = 64
+    n_images: int = 600
+    n_pretrain: int = 600
+    n_finetune: int = 1200
+    n_eval: int = 200
+    # share of fine-tuning samples made long on purpose, so that Short and Long differ
+    long_fraction: float = 0.15
+    tokenizer_vocab: int = 512
+
+
+@dataclass
+class DatasetConfig:
+    """One LLaVA-format JSON dataset."""
+
+    name: str = ""
+    json: str = ""
+    image_root: str = ""
+    template: str = "v1"  # plain | v1
+    stage: str = "finetune"  # pretrain | finetune
+
+
+@dataclass
+class DataConfig:
+    datasets: list[DatasetConfig] = field(default_factory=list)
+    eval: DatasetConfig | None = None
+    tokenizer: str = ""
+    manifest: str = "runs/toy/manifest.parquet"
+    rejects: str = "runs/toy/manifest.rejects.jsonl"
+    # embedded-token limits of the subsets (paper §4.2: Short 512, Long 2048); over-long samples
+    # are dropped from a subset, never truncated
+    subsets: dict[str, int] = field(default_factory=lambda: {"short": 512, "long": 2048})
+    num_workers: int = 2
+    batch_size: int = 512
+
+
+@dataclass
+class ModelsConfig:
+    teacher: str = "runs/toy/teacher"  # MobileVLM-layout checkpoint directory
+    student: str = "runs/toy/world/student_init"  # initial student checkpoint directory
+    num_vision_tokens: int = 144
+
+
+@dataclass
+class CacheConfig:
+    dir: str = "runs/toy/cache"  # the store for subset S is {dir}/{S}.zarr
+    logits_topk: int = 64
+    focus_k: int = 16
+    attn_dtype: str = "float16"  # float32 (lossless) | float16 | uint8 (quantised)
+    logprob_dtype: str = "float16"  # float32 (lossless) | float16
+    vision_dtype: str = "float16"  # float32 (lossless) | float16 | bfloat16
+    compressor: str = "zstd"
+    compression_level: int = 3
+    blocks: list[str] = field(default_factory=lambda: ["tv"])  # tv | vv | tt | full
+    layers: list[str] = field(default_factory=lambda: ["first"])  # first | last
+
+
+@dataclass
+class DumpConfig:
+    workers: int = 2
+    num_gpus_per_worker: float = 0.0
+    num_cpus_per_worker: float = 1.0
+    batch_size: int = 8
+    unit_size: int = 64  # samples per unit of work (a unit is written by one actor, atomically)
+    dtype: str = "float32"  # float32 | float16 | bfloat16 (teacher compute dtype)
+    max_retries: int = 2
+
+
+@dataclass
+class LossConfig:
+    preset: str = "alignkd"  # sft | rkl | attn | focus | all | alignkd | vv | tt | full | last
+    sup: float = 1.0
+    attn: float = 1.0
+    focus: float = 1.0
+    all_tokens: float = 0.1
+    rkl: float = 1.0
+    attn_block: str = "tv"  # tv | vv | tt | full
+    attn_layers: str = "first"  # first | first+last
+    adapter_direction: str = "student_to_teacher"  # student_to_teacher | teacher_to_student
+    tail_model: str = "bucket"  # bucket | none
+
+
+@dataclass
+class StageConfig:
+    epochs: float = 1.0
+    max_steps: int = -1
+    global_batch: int = 16
+    micro_batch: int = 8
+    lr: float = 1e-3
+    projector_lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    datasets: list[str] = field(default_factory=list)  # empty: every dataset of this stage
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "cached"  # cached | online | sft
+    deepspeed_config: str = "workflows/zero2.json"
+    precision: str = "fp32"  # fp32 | fp16 | bf16
+    out_dir: str = "runs/toy/student"
+    seed: int = 0
+    num_workers: int = 1
+    prefetch_factor: int = 2
+    gradient_checkpointing: bool = False
+    save_every: int = 0  # DeepSpeed checkpoint every N optimiser steps (0: only at the end)
+    missing_sample: str = "error"  # error | skip
+    loss: LossConfig = field(default_factory=LossConfig)
+    pretrain: StageConfig = field(default_factory=StageConfig)
+    finetune: StageConfig = field(default_factory=StageConfig)
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 32
+    max_new_tokens: int = 16
+
+
+@dataclass
+class Workflow:
+    name: str = "toy"
+    run_dir: str = "runs/toy"
+    world: WorldConfig = field(default_factory=WorldConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    dump: DumpConfig = field(default_factory=DumpConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    source: str = ""  # the file it was read from (filled by load_workflow)
+
+    def cache_path(self, subset: str) -> Path:
+        return Path(self.cache.dir) / f"{subset}.zarr"
+
+    def subset_limit(self, subset: str) -> int:
+        if subset not in self.data.subsets:
+            raise WorkflowError(
+                f"{self.source}: unknown subset {subset!r}; data.subsets defines {sorted(self.data.subsets)}"
+            )
+        return self.data.subsets[subset]
+
+
+# ------------------------------------------------------------------------------------ loading
+def load_workflow(path: str | Path = DEFAULT_WORKFLOW) -> Workflow:
+    """Read a workflow YAML into a `Workflow`; raise `WorkflowError` listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorkflowError(f"workflow file not found: {path} (the toy default is {DEFAULT_WORKFLOW})")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise WorkflowError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise WorkflowError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    errors: list[str] = []
+    wf = from_dict(Workflow, raw, "", errors)
+    if errors:
+        raise WorkflowError(f"{path}: {len(errors)} problem(s):\n  - " + "\n  - ".join(errors))
+    wf.source = str(path)
+    return wf
+
+
+def from_dict(cls: type, data: Any, where: str, errors: list[str]) -> Any:
+    """Build dataclass `cls` from `data`, appending one message per problem to `errors`."""
+    if not isinstance(data, dict):
+        errors.append(f"{where or '<top>'}: expected a mapping, got {type(data).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            errors.append(f"{_join(where, key)}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _convert(hints[f.name], data[f.name], _join(where, f.name), errors)
+    return cls(**kwargs)
+
+
+def _join(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _convert(tp: Any, value: Any, where: str, errors: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, where, errors)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where, errors)
+    if origin is list:
+        if not isinstance(value, list):
+            errors.append(f"{where}: expected a list, got {type(value).__name__}")
+            return []
+        return [_convert(args[0], v, f"{where}[{i}]", errors) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            errors.append(f"{where}: expected a mapping, got {type(value).__name__}")
+            return {}
+        return {k: _convert(args[1], v, f"{where}.{k}", errors) for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        errors.append(f"{where}: expected {tp.__name__}, got {type(value).__name__} ({value!r})")
+        return value
+    return value
