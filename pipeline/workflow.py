@@ -36,6 +36,7 @@ class WorldConfig:
     n_pretrain: int = 600
     n_finetune: int = 1200
     n_eval: int = 200
+    n_eval_images: int = 100  # held-out images the eval questions are asked about
     # share of fine-tuning samples made long on purpose, so that Short and Long differ
     long_fraction: float = 0.15
     tokenizer_vocab: int = 512
@@ -62,8 +63,11 @@ class DataConfig:
     # embedded-token limits of the subsets (paper §4.2: Short 512, Long 2048); over-long samples
     # are dropped from a subset, never truncated
     subsets: dict[str, int] = field(default_factory=lambda: {"short": 512, "long": 2048})
-    num_workers: int = 2
-    batch_size: int = 512
+    num_workers: int = 2  # tokenising processes (0 or 1: in the building process itself)
+    batch_size: int = 512  # records per task sent to a worker
+    # load: decode every image fully (catches truncated JPEGs); verify: PIL's header/CRC check
+    # only, much faster for millions of JPEGs. Either way the file is hashed.
+    image_check: str = "load"
 
 
 @dataclass
@@ -100,16 +104,23 @@ class DumpConfig:
 
 @dataclass
 class LossConfig:
+    """Align-KD loss terms; resolved by `student_train.losses.resolve_loss` (which validates it).
+
+    The preset sets every weight and the attention block/layers (paper Tables 3–4); a value set
+    here overrides the preset's, None keeps it. L = sup·L_sup + rkl·L_rkl + attn·L_attn +
+    focus·L_focus + all_tokens·L_all, so L_v = L_focus + α·L_all has α = all_tokens (0.1).
+    """
+
     preset: str = "alignkd"  # sft | rkl | attn | focus | all | alignkd | vv | tt | full | last
-    sup: float = 1.0
-    attn: float = 1.0
-    focus: float = 1.0
-    all_tokens: float = 0.1
-    rkl: float = 1.0
-    attn_block: str = "tv"  # tv | vv | tt | full
-    attn_layers: str = "first"  # first | first+last
+    sup: float | None = None
+    attn: float | None = None
+    focus: float | None = None
+    all_tokens: float | None = None
+    rkl: float | None = None
+    attn_block: str | None = None  # tv | vv | tt | full
+    attn_layers: str | None = None  # first | first+last
     adapter_direction: str = "student_to_teacher"  # student_to_teacher | teacher_to_student
-    tail_model: str = "bucket"  # bucket | none
+    tail_model: str = "bucket"  # bucket | uniform | none (see student_train.losses.rkl)
 
 
 @dataclass
@@ -136,6 +147,8 @@ class TrainConfig:
     prefetch_factor: int = 2
     gradient_checkpointing: bool = False
     save_every: int = 0  # DeepSpeed checkpoint every N optimiser steps (0: only at the end)
+    export_dtype: str = "auto"  # dtype of the exported student: auto (= precision) | fp32 | fp16 | bf16
+    num_procs: int = 0  # ranks per node for `alignkd student-train` (0: every GPU, or 1 on CPU)
     missing_sample: str = "error"  # error | skip
     loss: LossConfig = field(default_factory=LossConfig)
     pretrain: StageConfig = field(default_factory=StageConfig)
