@@ -1,0 +1,33 @@
+"""Small fixtures shared by every test package."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture
+def seed() -> int:
+    """Fix every RNG (python, numpy, torch) at 0 for the test that asks for it."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    return 0
+
+
+@pytest.fixture(scope="session")
+def toy_vision_dir(tmp_path_factory) -> "object":
+    """A directory holding the toy CLIP vision config (a local `mm_vision_tower`)."""
+    from pipeline.models.presets import write_vision_tower
+
+    return write_vision_tower(tmp_path_factory.mktemp("clip_toy"))
+
+
+@pytest.fixture
+def tiny_vlm(toy_vision_dir, seed):
+    """The toy student (2 x 128, 4 heads, 64 vision tokens, vocab 100), fp32, seeded, eval mode."""
+    from pipeline.models import MobileVLM
+    from pipeline.models.presets import toy_student_config
+
+    return MobileVLM(toy_student_config(100, toy_vision_dir)).eval()
