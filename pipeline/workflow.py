@@ -162,6 +162,18 @@ class EvalConfig:
 
 
 @dataclass
+class DemoConfig:
+    """What `alignkd demo` runs beyond the other sections: the toy teacher's own (larger) budget."""
+
+    teacher_subset: str = "long"  # the teacher sees more data than the students (it must know more)
+    teacher_pretrain_steps: int = 60
+    teacher_finetune_steps: int = 300
+    student_subset: str = "short"
+    eval_limit: int = 0  # 0: the whole held-out split
+    heatmaps: int = 3  # T→V attention heatmaps drawn from the cache
+
+
+@dataclass
 class Workflow:
     name: str = "toy"
     run_dir: str = "runs/toy"
@@ -172,6 +184,7 @@ class Workflow:
     dump: DumpConfig = field(default_factory=DumpConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
     source: str = ""  # the file it was read from (filled by load_workflow)
 
     def cache_path(self, subset: str) -> Path:
