@@ -9,6 +9,7 @@ nothing here reads environment variables.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -211,11 +212,38 @@ def load_workflow(path: str | Path = DEFAULT_WORKFLOW) -> Workflow:
     if not isinstance(raw, dict):
         raise WorkflowError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
     errors: list[str] = []
+    raw = _substitute_vars(raw, errors)
     wf = from_dict(Workflow, raw, "", errors)
     if errors:
         raise WorkflowError(f"{path}: {len(errors)} problem(s):\n  - " + "\n  - ".join(errors))
     wf.source = str(path)
     return wf
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _substitute_vars(raw: dict, errors: list[str]) -> dict:
+    """`vars:` at the top level names paths once (`ckpt_root: /data/ckpt`); every string may
+    use them as `${ckpt_root}`. Plain data, no environment: a user edits the vars block only."""
+    table = raw.pop("vars", None) or {}
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        errors.append("vars: expected a mapping of names to strings")
+        return raw
+
+    def sub(value: Any, where: str) -> Any:
+        if isinstance(value, str):
+            for name in _VAR.findall(value):
+                if name not in table:
+                    errors.append(f"{where}: ${{{name}}} is not defined in vars (defined: {', '.join(sorted(table)) or 'none'})")
+            return _VAR.sub(lambda m: table.get(m.group(1), m.group(0)), value)
+        if isinstance(value, dict):
+            return {k: sub(v, _join(where, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [sub(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    return sub(raw, "")
 
 
 def from_dict(cls: type, data: Any, where: str, errors: list[str]) -> Any:

@@ -1,0 +1,58 @@
+"""The workflow loader is strict: unknown keys and wrong types are errors, all listed at once."""
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.workflow import Workflow, WorkflowError, load_workflow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_toy_workflow_loads_into_typed_sections():
+    wf = load_workflow(REPO / "workflows/toy.yaml")
+    assert isinstance(wf, Workflow)
+    assert wf.data.datasets and all(d.template in ("plain", "v1") for d in wf.data.datasets)
+    assert wf.subset_limit("short") < wf.subset_limit("long")
+    assert wf.cache_path("short").name == "short.zarr"
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\nbogus: 1\ncache:\n  logits_topk: many\n  focus_kk: 3\ndump:\n  workers: 1.5\n")
+    with pytest.raises(WorkflowError) as err:
+        load_workflow(p)
+    msg = str(err.value)
+    for needle in ("bogus: unknown key", "cache.logits_topk: expected int", "cache.focus_kk: unknown key", "dump.workers: expected int"):
+        assert needle in msg, msg
+
+
+def test_int_is_accepted_for_float_and_lists_are_checked(tmp_path):
+    p = tmp_path / "ok.yaml"
+    p.write_text("train:\n  pretrain:\n    lr: 1\n  finetune:\n    datasets: [a, 3]\n")
+    with pytest.raises(WorkflowError, match=r"train.finetune.datasets\[1\]: expected str"):
+        load_workflow(p)
+    p.write_text("train:\n  pretrain:\n    lr: 1\n")
+    assert load_workflow(p).train.pretrain.lr == 1.0
+
+
+def test_missing_file_and_unknown_subset_are_clear(tmp_path):
+    with pytest.raises(WorkflowError, match="workflow file not found"):
+        load_workflow(tmp_path / "nope.yaml")
+    wf = load_workflow(REPO / "workflows/toy.yaml")
+    with pytest.raises(WorkflowError, match="unknown subset 'medium'"):
+        wf.subset_limit("medium")
+
+
+def test_vars_name_paths_once_and_undefined_ones_are_errors(tmp_path):
+    p = tmp_path / "vars.yaml"
+    p.write_text("vars: {root: /data/x}\nmodels:\n  teacher: ${root}/teacher\n  student: ${nope}/s\n")
+    with pytest.raises(WorkflowError, match=r"models.student: \$\{nope\} is not defined in vars"):
+        load_workflow(p)
+    p.write_text("vars: {root: /data/x}\nmodels:\n  teacher: ${root}/teacher\n")
+    assert load_workflow(p).models.teacher == "/data/x/teacher"
+
+
+@pytest.mark.parametrize("name", ["mobilevlm_v2.yaml", "toy.yaml"])
+def test_shipped_workflows_load(name):
+    load_workflow(REPO / "workflows" / name)
