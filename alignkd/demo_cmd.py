@@ -1,8 +1,141 @@
-"""Placeholder command; filled by its issue."""
+"""`alignkd demo` — the whole two-phase pipeline on the embedded toy world, end to end.
+
+Each step is a real `alignkd` command run as a subprocess (so what the report lists is exactly
+what a user would type): toy world → manifest → toy teacher (sft, on the Long subset, larger
+budget) → teacher dump on Ray → Align-KD student from the cache and an SFT-only student on the
+same data and budget → held-out evaluation of all three → report directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import typer
 
 
-def demo(workflow: str = typer.Option("workflows/toy.yaml", help="workflow YAML")) -> None:
-    """Not built yet."""
-    raise typer.Exit(code=2)
+def _alignkd() -> list[str]:
+    # the console script next to this interpreter (the venv's), else `python -m alignkd.cli`
+    exe = Path(sys.executable).with_name("alignkd")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "alignkd.cli"]
+
+
+class _Runner:
+    """Runs steps, streams their output, records the exact commands and their wall times."""
+
+    def __init__(self, log_path: Path, prog: str = "demo") -> None:
+        self.steps: list[dict] = []
+        self.log_path = log_path
+        self.prog = prog
+
+    def __call__(self, title: str, args: list[str]) -> None:
+        cmd = _alignkd() + args
+        n = len(self.steps) + 1
+        typer.secho(f"\n==> [{n}] {title}\n    $ alignkd {shlex.join(args)}", fg="cyan", err=True)
+        t0 = time.perf_counter()
+        rc = subprocess.call(cmd)
+        secs = time.perf_counter() - t0
+        self.steps.append({"step": n, "title": title, "command": "alignkd " + shlex.join(args), "seconds": round(secs, 1), "rc": rc})
+        self.log_path.write_text(json.dumps(self.steps, indent=2))
+        if rc != 0:
+            typer.secho(f"{self.prog}: step {n} ({title}) failed with exit code {rc}; see its output above", fg="red", err=True)
+            raise typer.Exit(code=rc)
+        typer.secho(f"    done in {secs:.0f} s", fg="green", err=True)
+
+
+def demo(
+    workflow: Path = typer.Option(Path("workflows/toy.yaml"), help="workflow YAML (a toy world workflow)"),
+    report: Path = typer.Option(None, help="report directory (default <run_dir>/report)"),
+    fresh: bool = typer.Option(False, help="delete the workflow's run_dir first (otherwise finished steps are reused where safe)"),
+) -> None:
+    """Run the whole pipeline on the toy world and write a report (markdown, plots, commands)."""
+    import shutil
+
+    from pipeline.workflow import load_workflow
+
+    wf = load_workflow(workflow)
+    run_dir = Path(wf.run_dir)
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    report = report or run_dir / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    w = str(workflow)
+    students = run_dir / "students"
+    t_start = time.perf_counter()
+    run = _Runner(report / "commands.json")
+
+    prepare_teacher(run, wf, w)
+    for d in (students / "alignkd", students / "sft"):
+        # a half-finished earlier demo must not be mistaken for a finished one: retrain
+        if d.exists() and not (d / "config.json").is_file():
+            shutil.rmtree(d)
+    subset = wf.demo.student_subset
+    run(f"teacher dump on Ray ({subset} subset)", ["teacher-dump", "--workflow", w, "--subset", subset, "--no-progress"])
+    for name, mode in (("alignkd", "cached"), ("sft", "sft")):
+        out = students / name
+        if (out / "finetune" / "final" / "config.json").is_file():
+            continue
+        if out.exists():
+            shutil.rmtree(out)
+        run(f"train the {name} student ({mode} mode, {subset} subset)",
+            ["student-train", "--workflow", w, "--subset", subset, "--stage", "all", "--mode", mode, "--out", str(out)])
+    models = {"teacher": Path(wf.models.teacher), "sft": students / "sft" / "finetune" / "final",
+              "alignkd": students / "alignkd" / "finetune" / "final"}
+    for name, path in models.items():
+        args = ["eval", "--workflow", w, "--model", str(path), "--out", str(report / "eval" / name)]
+        if wf.demo.eval_limit:
+            args += ["--limit", str(wf.demo.eval_limit)]
+        run(f"evaluate the {name} model on the held-out split", args)
+    heatmaps = _draw_heatmaps(run, wf, w, subset, report)
+    run("layer probe of the teacher (paper §3.1)", ["probe", "--model", str(models["teacher"]), "--data", w,
+                                                    "--out", str(report / "probe_teacher"), "--limit", "32"])
+
+    from alignkd.demo_report import write_report
+
+    summary = write_report(report, models, students, heatmaps, run.steps, time.perf_counter() - t_start)
+    typer.secho(f"\n{summary}\nreport: {report / 'summary.md'}", fg="green")
+
+
+def prepare_teacher(run: _Runner, wf, w: str) -> None:
+    """Toy world → manifest → toy teacher (sft on demo.teacher_subset with its own budget).
+    Shared with `alignkd reproduce`; finished steps are no-ops, a half-trained teacher is retrained."""
+    import shutil
+
+    run("generate the toy world", ["toy", "world", "--workflow", w])
+    run("build the manifest (Short/Long subsets)", ["data", "build", "--workflow", w, "--no-progress"])
+    teacher = Path(wf.models.teacher)
+    if teacher.exists() and not (teacher / "config.json").is_file():
+        shutil.rmtree(teacher)
+    teacher_init = str(Path(wf.world.dir) / "teacher_init")
+    if not (teacher / "config.json").is_file():
+        t_run = Path(wf.run_dir) / "teacher_run"
+        if t_run.exists():
+            shutil.rmtree(t_run)
+        run("train the toy teacher (sft, pre-training stage)",
+            ["student-train", "--workflow", w, "--subset", wf.demo.teacher_subset, "--stage", "pretrain",
+             "--mode", "sft", "--init", teacher_init, "--out", str(t_run),
+             "--max-steps", str(wf.demo.teacher_pretrain_steps)])
+        run("train the toy teacher (sft, fine-tuning stage)",
+            ["student-train", "--workflow", w, "--subset", wf.demo.teacher_subset, "--stage", "finetune",
+             "--mode", "sft", "--out", str(t_run), "--max-steps", str(wf.demo.teacher_finetune_steps)])
+        shutil.copytree(t_run / "finetune" / "final", wf.models.teacher)
+
+
+def _draw_heatmaps(run: _Runner, wf, w: str, subset: str, report: Path) -> list[Path]:
+    """Teacher T→V attention over the image for the first few cached samples that have one."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(wf.data.manifest, columns=["sample_id", "image", f"in_{subset}"]).to_pylist()
+    ids = [r["sample_id"] for r in rows if r["image"] and r[f"in_{subset}"]][: wf.demo.heatmaps]
+    out = []
+    for i, sid in enumerate(ids):
+        png = report / f"attention_{i}.png"
+        run(f"draw the teacher's T→V attention for {sid}",
+            ["cache", "show", str(wf.cache_path(subset)), sid, "--tokenizer", wf.data.tokenizer,
+             "--manifest", wf.data.manifest, "--png", str(png)])
+        out.append(png)
+    return out

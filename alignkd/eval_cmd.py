@@ -1,8 +1,44 @@
-"""Placeholder command; filled by its issue."""
+"""`alignkd eval` — greedy, batched, exact-match evaluation of a model on the held-out split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
 
-def eval_model(workflow: str = typer.Option("workflows/toy.yaml", help="workflow YAML")) -> None:
-    """Not built yet."""
-    raise typer.Exit(code=2)
+def eval_model(
+    model: Path = typer.Option(..., "--model", help="MobileVLM-layout checkpoint directory"),
+    workflow: Path = typer.Option(Path("workflows/toy.yaml"), help="workflow YAML (its data.eval split)"),
+    out: Path = typer.Option(None, help="output directory (default: <model>/eval)"),
+    limit: int = typer.Option(0, help="evaluate only the first N records (0: all)"),
+    batch_size: int = typer.Option(0, help="0: the workflow's eval.batch_size"),
+    tokenizer: Path = typer.Option(None, help="tokenizer dir (default: the model dir if it has one, else data.tokenizer)"),
+) -> None:
+    """Evaluate MODEL on the workflow's held-out split; writes predictions.jsonl and summary.json."""
+    from transformers import AutoTokenizer
+
+    from pipeline.evaluation import evaluate, summarise, write_predictions
+    from pipeline.models import MobileVLM
+    from pipeline.workflow import load_workflow
+
+    wf = load_workflow(workflow)
+    if wf.data.eval is None:
+        raise typer.BadParameter(f"{workflow}: data.eval is not set: no held-out split to evaluate on")
+    records = json.loads(Path(wf.data.eval.json).read_text())
+    if limit:
+        records = records[:limit]
+    tok_dir = tokenizer or (model if (model / "tokenizer.json").is_file() else Path(wf.data.tokenizer))
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    m = MobileVLM.from_pretrained(model)
+    preds = evaluate(m, tok, records, wf.data.eval.image_root, wf.data.eval.template,
+                     batch_size or wf.eval.batch_size, wf.eval.max_new_tokens)
+    out = out or model / "eval"
+    write_predictions(preds, out / "predictions.jsonl")
+    summary = summarise(preds)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    typer.echo(f"{model}: exact match {summary['overall']:.3f} on {summary['n']} questions")
+    for task, s in summary["per_task"].items():
+        typer.echo(f"  {task:<12} {s['acc']:.3f}  (n={s['n']})")
+    typer.echo(f"predictions: {out / 'predictions.jsonl'}")

@@ -1,0 +1,112 @@
+"""Held-out evaluation: batched greedy generation with the KV cache, exact-match scoring per task.
+
+Records are LLaVA-format with two extra fields, `task` and `answer` (the toy world's eval split);
+the prompt is the conversation up to its final "ASSISTANT:" (`templates.encode_prompt`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline.constants import IMAGE_PLACEHOLDER
+from pipeline.models import MobileVLM, preprocess_image
+from pipeline.templates import encode_prompt
+
+
+@dataclass
+class Prediction:
+    question_id: str
+    task: str
+    prompt: str
+    answer: str
+    prediction: str
+    correct: bool
+
+
+def normalise(text: str) -> str:
+    """Exact match up to case, surrounding whitespace and trailing punctuation."""
+    return re.sub(r"[.!?,;:]+$", "", text.strip().lower()).strip()
+
+
+def _batches(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+@torch.no_grad()
+def evaluate(model: MobileVLM, tokenizer: Any, records: list[dict], image_root: str | Path,
+             template: str = "v1", batch_size: int = 32, max_new_tokens: int = 16,
+             progress: bool = True) -> list[Prediction]:
+    """Greedy answers for `records`, in order. Prompts are right-padded with pad id 0."""
+    model.eval()
+    image_root = Path(image_root)
+    # sort by prompt length so batches hold similar lengths (less padding), restore order after
+    encoded = []
+    for r in records:
+        has_image = bool(r.get("image"))
+        enc = encode_prompt(r["conversations"], template, tokenizer, has_image)
+        encoded.append((r, enc.input_ids))
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][1]))
+    out: dict[int, Prediction] = {}
+    bar = tqdm(total=len(records), desc="eval", unit="q", disable=not progress)
+    for idx in _batches(order, batch_size):
+        width = max(len(encoded[i][1]) for i in idx)
+        ids = torch.zeros(len(idx), width, dtype=torch.long)
+        am = torch.zeros(len(idx), width, dtype=torch.long)
+        images = torch.zeros(len(idx), 3, model.image_size, model.image_size)
+        any_image = False
+        for row, i in enumerate(idx):
+            rec, p = encoded[i]
+            ids[row, : len(p)] = torch.tensor(p)
+            am[row, : len(p)] = 1
+            if rec.get("image"):
+                with Image.open(image_root / rec["image"]) as im:
+                    images[row] = preprocess_image(im.convert("RGB"), model.config)
+                any_image = True
+        dev = model.device
+        gen = model.generate(input_ids=ids.to(dev), images=images.to(dev, model.dtype) if any_image else None,
+                             attention_mask=am.to(dev), max_new_tokens=max_new_tokens)
+        for row, i in enumerate(idx):
+            rec, _ = encoded[i]
+            text = tokenizer.decode(gen[row].tolist(), skip_special_tokens=True)
+            answer = str(rec.get("answer", rec["conversations"][-1]["value"]))
+            human = rec["conversations"][-2]["value"] if len(rec["conversations"]) >= 2 else ""
+            out[i] = Prediction(
+                question_id=str(rec.get("id", i)), task=str(rec.get("task", "all")),
+                prompt=human.replace(f"{IMAGE_PLACEHOLDER}\n", ""), answer=answer,
+                prediction=text.strip(), correct=normalise(text) == normalise(answer),
+            )
+        bar.update(len(idx))
+    bar.close()
+    return [out[i] for i in range(len(records))]
+
+
+def summarise(preds: list[Prediction]) -> dict:
+    """{"overall": acc, "n": N, "per_task": {task: {"acc", "n"}}}"""
+    per: dict[str, list[bool]] = defaultdict(list)
+    for p in preds:
+        per[p.task].append(p.correct)
+    n = len(preds)
+    return {
+        "overall": sum(p.correct for p in preds) / n if n else 0.0,
+        "n": n,
+        "per_task": {t: {"acc": sum(v) / len(v), "n": len(v)} for t, v in sorted(per.items())},
+    }
+
+
+def write_predictions(preds: list[Prediction], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for p in preds:
+            d = asdict(p)
+            f.write(json.dumps({k: d[k] for k in ("question_id", "task", "prompt", "answer", "prediction", "correct")}) + "\n")
