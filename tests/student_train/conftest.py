@@ -1,0 +1,167 @@
+"""A tiny generated world for the student_train tests, built once per session with the real
+components: `pipeline.toy.world.build_world` (images, LLaVA JSON, tokenizer, random toy
+checkpoints), `pipeline.data.manifest.build_manifest`, and stores written with `cache_schema`'s
+writer from a real teacher `forward_align` reduced by `pipeline.targets` (independent of
+teacher_dump, which these tests never import).
+
+    def test_x(tiny_world, tiny_store):
+        wf = tiny_world.workflow()               # a fresh deep copy; edit freely
+        loader, n = build_train_loader(wf, "short", "finetune", "cached", 0, 1, 2, seed=0)
+
+The teacher is the world's random `teacher_init` with its lm_head scaled by SHARPEN, so that its
+next-token distribution is peaked like a trained LM's (entropy ≈ 1.4 nats instead of log|vocab| = 6):
+the top-k truncation of the cache is then exercised as it would be on a real teacher.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+SHARPEN = 18.0  # lm_head scale of the test teacher: entropy ≈ 1.36 nats, top-64 mass ≈ 0.9994 at R
+SUBSET = "short"
+# A third dataset with a text-only record, so batches mix image and text-only samples.
+EXTRA = [
+    {"id": "txt0", "conversations": [{"from": "human", "value": "How many sides has a square?"},
+                                     {"from": "gpt", "value": "A square has four sides."}]},
+    {"id": "txt1", "conversations": [{"from": "human", "value": "Name a colour."}, {"from": "gpt", "value": "red"}]},
+]
+
+
+@dataclass
+class TinyWorld:
+    root: Path
+    base: "object"  # pipeline.workflow.Workflow, cache.dir = root/cache, num_workers 0
+
+    def workflow(self):
+        """A deep copy of the base workflow (tests edit theirs freely)."""
+        return copy.deepcopy(self.base)
+
+    def manifest_rows(self, subset: str = SUBSET) -> list[dict]:
+        t = pq.read_table(self.base.data.manifest)
+        return [r for r in t.to_pylist() if r[f"in_{subset}"]]
+
+    def write_store(self, wf, subset: str = SUBSET, path: Path | None = None, encoding=None,
+                    drop: tuple[str, ...] = (), token_hash_override: dict[str, str] | None = None,
+                    batch_size: int = 4) -> Path:
+        """Run the teacher over the subset's rows (minus `drop`) and write + finalise a store."""
+        return _write_store(wf, subset, Path(path or wf.cache_path(subset)), encoding, drop,
+                            token_hash_override or {}, batch_size, self.manifest_rows(subset))
+
+
+def _build(root: Path):
+    from pipeline.data.manifest import build_manifest
+    from pipeline.models import MobileVLM
+    from pipeline.toy.world import build_world
+    from pipeline.workflow import DatasetConfig, load_workflow
+
+    wf = load_workflow("workflows/toy.yaml")
+    w = root / "world"
+    wf.world.dir = str(w)
+    wf.world.n_images, wf.world.n_eval_images = 8, 2
+    wf.world.n_pretrain, wf.world.n_finetune, wf.world.n_eval = 6, 10, 2
+    for ds in [*wf.data.datasets, wf.data.eval]:
+        ds.json = str(w / "data" / Path(ds.json).name)
+        ds.image_root = str(w / "images")
+    (root / "extra.json").write_text(json.dumps(EXTRA))
+    wf.data.datasets.append(DatasetConfig(name="toy_text", json=str(root / "extra.json"),
+                                          image_root=str(w / "images"), template="v1", stage="finetune"))
+    wf.data.tokenizer = str(w / "tokenizer")
+    wf.data.manifest, wf.data.rejects = str(root / "manifest.parquet"), str(root / "rejects.jsonl")
+    wf.data.num_workers = 0
+    build_world(wf)
+    build_manifest(wf, command="pytest", progress=False)
+    teacher = MobileVLM.from_pretrained(w / "teacher_init")
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(SHARPEN)
+    teacher.save_pretrained(root / "teacher")
+    wf.models.teacher, wf.models.student = str(root / "teacher"), str(w / "student_init")
+    wf.cache.dir = str(root / "cache")
+    wf.train.num_workers = 0
+    return wf
+
+
+def _batch(rows: list[dict], image_size: int, config) -> dict:
+    from pipeline.constants import IGNORE_INDEX
+    from pipeline.models import preprocess_image
+
+    length = max(len(r["input_ids"]) for r in rows)
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    lab = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+    am = torch.zeros(len(rows), length, dtype=torch.long)
+    px = torch.zeros(len(rows), 3, image_size, image_size)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n], lab[i, :n], am[i, :n] = torch.tensor(r["input_ids"]), torch.tensor(r["labels"]), 1
+        if r["image_path"]:
+            px[i] = preprocess_image(Image.open(r["image_path"]), config, image_size=image_size)
+    any_img = any(r["image_path"] for r in rows)
+    return dict(input_ids=ids, attention_mask=am, labels=lab, images=px if any_img else None)
+
+
+def _write_store(wf, subset, path, encoding, drop, override, batch_size, rows) -> Path:
+    from cache_schema import CacheStore, Encoding, Provenance, SampleTargets
+    from pipeline.fingerprint import checkpoint_fingerprint, config_fingerprint, tokenizer_fingerprint
+    from pipeline.models import CaptureSpec, MobileVLM
+    from pipeline.targets import focus_indices, sparse_topk
+
+    teacher = MobileVLM.from_pretrained(wf.models.teacher)
+    cfg = teacher.config
+    keys = [(l, b) for l in wf.cache.layers for b in wf.cache.blocks]
+    prov = Provenance(
+        teacher_fingerprint=checkpoint_fingerprint(wf.models.teacher),
+        teacher_config_fingerprint=config_fingerprint(wf.models.teacher),
+        tokenizer_fingerprint=tokenizer_fingerprint(wf.data.tokenizer), manifest_fingerprint="pytest",
+        templates=("plain", "v1"), subset=subset, max_length=wf.subset_limit(subset),
+        num_vision_tokens=teacher.num_vision_tokens, teacher_heads=cfg.num_attention_heads,
+        teacher_hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size, logits_topk=wf.cache.logits_topk,
+        focus_k=wf.cache.focus_k, attn_blocks=tuple(f"{l}.{b}" for l, b in keys),
+        encoding=encoding or Encoding(),
+    )
+    store = CacheStore.create_or_open(path, prov)
+    spec = CaptureSpec(layers=tuple(dict.fromkeys(["first", *wf.cache.layers])),
+                       blocks=tuple(dict.fromkeys(["tv", *wf.cache.blocks])))
+    rows = [r for r in rows if r["sample_id"] not in drop]
+    k = min(wf.cache.logits_topk, cfg.vocab_size)
+    stored: set[str] = set()
+    for u in range(0, len(rows), 2 * batch_size):  # two batches per unit: several units per store
+        with store.unit_writer(f"u{u:04d}") as w, torch.no_grad():
+            for b0 in range(u, min(u + 2 * batch_size, len(rows)), batch_size):
+                chunk = rows[b0:b0 + batch_size]
+                al = teacher.forward_align(**_batch(chunk, teacher.image_size, cfg), spec=spec)
+                for i, r in enumerate(chunk):
+                    ix, h = al.index[i], r["image_hash"]
+                    resp = torch.from_numpy(ix.resp)
+                    sd = sparse_topk(al.logits[i, resp], k)
+                    focus = focus_indices(al.attn[("first", "tv")][i], wf.cache.focus_k) if h else torch.zeros(0)
+                    w.add_sample(SampleTargets(
+                        sample_id=r["sample_id"], token_hash=override.get(r["sample_id"], r["token_hash"]),
+                        image_hash=h or None, n_text=ix.n_text_after if h else 0,
+                        attn={key: al.attn[key][i].numpy() for key in keys},
+                        focus=focus.long().numpy(), topk_ids=sd.ids.numpy(),
+                        topk_logprobs=sd.logprobs.numpy(), tail_logmass=sd.tail_logmass.numpy()))
+                    if h and h not in stored:
+                        w.add_image(h, al.vision_tokens[i].numpy())
+                        stored.add(h)
+    store.finalize([r["sample_id"] for r in rows])
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> TinyWorld:
+    """World + manifest (pretrain 6, finetune 10 + 2 extra incl. a text-only one) + teacher/student."""
+    root = tmp_path_factory.mktemp("st_world")
+    return TinyWorld(root, _build(root))
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_world) -> Path:
+    """The default (lossy) store of subset "short" at `tiny_world.base.cache_path("short")`."""
+    return tiny_world.write_store(tiny_world.base, SUBSET)
