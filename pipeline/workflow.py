@@ -148,6 +148,9 @@ class TrainConfig:
     prefetch_factor: int = 2
     gradient_checkpointing: bool = False
     save_every: int = 0  # DeepSpeed checkpoint every N optimiser steps (0: only at the end)
+    # hand gradients to ZeRO-2 in a fixed parameter order (see student_train.engine.replay_grads);
+    # False uses DeepSpeed's own hooks: only safe when every micro-batch uses every parameter alike
+    fixed_grad_order: bool = True
     export_dtype: str = "auto"  # dtype of the exported student: auto (= precision) | fp32 | fp16 | bf16
     num_procs: int = 0  # ranks per node for `alignkd student-train` (0: every GPU, or 1 on CPU)
     missing_sample: str = "error"  # error | skip
@@ -175,6 +178,24 @@ class DemoConfig:
 
 
 @dataclass
+class ReproduceConfig:
+    """What `alignkd reproduce` runs: the paper's Tables 3–4 ablations on Short and Table 1's
+    Short/Long block, every (subset, preset) pair once per seed."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    # Table 3 (sft → rkl → attn → focus → all) and Table 4 (vv, tt, full, last), on `ablation_subset`
+    presets: list[str] = field(default_factory=lambda: ["sft", "rkl", "attn", "focus", "all", "vv", "tt", "full", "last"])
+    ablation_subset: str = "short"
+    # Table 1's bottom block: `subset_presets` (without / with Align-KD) on each of these subsets
+    subsets: list[str] = field(default_factory=lambda: ["short", "long"])
+    subset_presets: list[str] = field(default_factory=lambda: ["sft", "all"])
+    max_steps: int = 0  # optimiser steps per stage (0: the train section's budget)
+    jobs: int = 2  # runs at once (each rank uses one CPU thread)
+    eval_limit: int = 0  # 0: the whole held-out split
+    out: str = ""  # "": <run_dir>/reproduce
+
+
+@dataclass
 class Workflow:
     name: str = "toy"
     run_dir: str = "runs/toy"
@@ -186,6 +207,7 @@ class Workflow:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
     source: str = ""  # the file it was read from (filled by load_workflow)
 
     def cache_path(self, subset: str) -> Path:
