@@ -1,0 +1,234 @@
+"""Check every input of a dump before Ray starts, and resolve them into one `DumpJob`.
+
+All problems are collected and reported at once (torchtune's `tune validate` habit), each naming
+the file or config key and the fix: the manifest and its subset, the tokenizer the manifest was
+built with vs `data.tokenizer`, the teacher checkpoint's shape vs the manifest's vision tokens,
+the images on disk, the `dump:`/`cache:` settings, and, when a store already exists, its
+provenance (resume only into a store made by the same teacher/tokenizer/subset/encoding).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.compute as pc
+
+from cache_schema import CacheStore, CacheError, Encoding, Provenance
+from cache_schema.provenance import check_provenance
+from pipeline.fingerprint import checkpoint_fingerprint, config_fingerprint, tokenizer_fingerprint
+from pipeline.workflow import CacheConfig, Workflow, WorkflowError
+from teacher_dump.manifest import SubsetRows, read_subset, subset_fingerprint
+
+DTYPES = ("float32", "float16", "bfloat16")
+# workflow `cache:` spellings -> cache_schema Encoding modes (cache_schema's own names pass through)
+_ATTN = {"float32": "f32", "float16": "f16", "uint8": "u8", "uint8sqrt": "u8sqrt"}
+_LOGPROB = {"float32": "f32", "float16": "f16"}
+_VISION = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+
+
+class DumpInputError(ValueError):
+    """One or more inputs of the dump are invalid (every problem listed)."""
+
+
+@dataclass
+class DumpJob:
+    """Everything the dump needs, resolved and checked (absolute paths: actors may run elsewhere)."""
+
+    wf: Workflow
+    subset: str
+    store_path: Path
+    failures_dir: Path
+    teacher_dir: Path
+    rows: SubsetRows
+    provenance: Provenance
+    workers: int
+    batch_size: int
+    unit_size: int
+    dtype: str
+    num_gpus: float
+    num_cpus: float
+    max_retries: int
+    capture_layers: tuple[str, ...] = ("first",)
+    capture_blocks: tuple[str, ...] = ("tv",)
+    resume: bool = False  # the store exists already (its provenance matched)
+
+
+def encoding_from_cache(cache: CacheConfig) -> Encoding:
+    """The store encoding the workflow's `cache:` section asks for (ValueError naming the key)."""
+    def mode(table: dict, key: str, value: str) -> str:
+        if value in table.values():
+            return value
+        if value not in table:
+            raise ValueError(f"cache.{key}={value!r} (allowed: {', '.join(table)})")
+        return table[value]
+
+    c, lvl = cache.compressor, cache.compression_level
+    if c == "none":
+        attn_codec = logits_codec = vision_codec = "none"
+    elif c == "zstd":  # bitshuffle: quantised/fp16 probabilities compress best bit-plane by bit-plane
+        attn_codec, logits_codec, vision_codec = f"blosc:zstd:{lvl}:bitshuffle", f"zstd:{lvl}", f"blosc:zstd:{lvl}:shuffle"
+    elif c in ("lz4", "lz4hc", "blosclz", "zlib"):
+        attn_codec, logits_codec, vision_codec = f"blosc:{c}:{lvl}:bitshuffle", f"blosc:{c}:{lvl}:shuffle", f"blosc:{c}:{lvl}:shuffle"
+    else:
+        raise ValueError(f"cache.compressor={c!r} (allowed: none, zstd, lz4, lz4hc, blosclz, zlib)")
+    return Encoding(
+        attn=mode(_ATTN, "attn_dtype", cache.attn_dtype),
+        logprobs=mode(_LOGPROB, "logprob_dtype", cache.logprob_dtype),
+        vision=mode(_VISION, "vision_dtype", cache.vision_dtype),
+        attn_codec=attn_codec, logits_codec=logits_codec, vision_codec=vision_codec,
+    )
+
+
+def _abs(p: str) -> Path:
+    return Path(p).expanduser().resolve()
+
+
+def _check_dump_section(wf: Workflow, workers: int, batch_size: int, problems: list[str]) -> None:
+    d = wf.dump
+    for name, v in (("workers", workers), ("batch_size", batch_size), ("unit_size", d.unit_size)):
+        if v < 1:
+            problems.append(f"dump.{name}={v}: must be ≥ 1")
+    if d.max_retries < 0:
+        problems.append(f"dump.max_retries={d.max_retries}: must be ≥ 0")
+    if d.num_gpus_per_worker < 0 or d.num_cpus_per_worker <= 0:
+        problems.append("dump.num_gpus_per_worker must be ≥ 0 and dump.num_cpus_per_worker > 0")
+    if d.dtype not in DTYPES:
+        problems.append(f"dump.dtype={d.dtype!r} (allowed: {', '.join(DTYPES)})")
+    elif d.dtype == "float16" and d.num_gpus_per_worker == 0:
+        problems.append("dump.dtype=float16 needs GPU actors (dump.num_gpus_per_worker > 0); on CPU use float32 or bfloat16")
+
+
+def _check_teacher(teacher: Path, meta: dict, problems: list[str]) -> object | None:
+    """The teacher's config (None when unusable; problems appended)."""
+    from pipeline.models import ModelConfigError, load_config
+    from pipeline.models.config import projector_grid
+
+    try:
+        cfg = load_config(teacher)
+    except (ModelConfigError, OSError, ValueError) as exc:
+        problems.append(f"models.teacher ({teacher}): {exc}")
+        return None
+    if not any(p.suffix in (".safetensors", ".bin") for p in teacher.iterdir()):
+        problems.append(f"models.teacher ({teacher}): no weight files (*.safetensors / *.bin)")
+    nv = projector_grid(cfg) ** 2
+    if meta.get("num_vision_tokens") != nv:
+        problems.append(
+            f"the teacher emits {nv} vision tokens (mm_projector_grid {projector_grid(cfg)}) but the manifest was "
+            f"built for num_vision_tokens={meta.get('num_vision_tokens')}: set models.num_vision_tokens to {nv} "
+            f"and rebuild the manifest (`alignkd data build`), or point models.teacher at the right checkpoint"
+        )
+    return cfg
+
+
+def _check_images(rows: SubsetRows, problems: list[str]) -> None:
+    t = rows.table
+    paths = {p for p, h in zip(t.column("image_path").to_pylist(), t.column("image_hash").to_pylist()) if h}
+    with ThreadPoolExecutor(32) as pool:  # stat calls on a network filesystem: overlap their latency
+        present = dict(zip(paths, pool.map(lambda p: Path(p).is_file(), paths)))
+    missing = sorted(p for p, ok in present.items() if not ok)
+    if missing:
+        show = ", ".join(missing[:5]) + (f", … (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        problems.append(f"{len(missing)} of {len(paths)} image file(s) of the subset are missing: {show} "
+                        "(mount the image folders, or rebuild the manifest)")
+
+
+def check_inputs(wf: Workflow, subset: str, workers: int | None = None, batch_size: int | None = None) -> DumpJob:
+    """Validate everything (no Ray, no model weights loaded) → DumpJob; DumpInputError otherwise."""
+    problems: list[str] = []
+    try:
+        limit = wf.subset_limit(subset)
+    except WorkflowError as exc:
+        raise DumpInputError(str(exc)) from None
+    workers = wf.dump.workers if workers is None else workers
+    batch_size = wf.dump.batch_size if batch_size is None else batch_size
+    _check_dump_section(wf, workers, batch_size, problems)
+    try:
+        encoding = encoding_from_cache(wf.cache)
+    except ValueError as exc:
+        problems.append(str(exc))
+        encoding = None
+
+    manifest = _abs(wf.data.manifest)
+    if not manifest.is_file():
+        raise DumpInputError(f"data.manifest: no manifest at {manifest}; build it with `alignkd data build --workflow {wf.source}`")
+    try:
+        rows = read_subset(manifest, subset)
+    except ValueError as exc:
+        raise DumpInputError(str(exc)) from None
+    meta = rows.meta
+    if rows.table.num_rows == 0:
+        problems.append(f"subset {subset!r} of {manifest} is empty")
+    if meta.get("subsets", {}).get(subset) not in (None, limit):
+        problems.append(f"data.subsets.{subset}={limit} but the manifest was built with {meta['subsets'][subset]}: rebuild the manifest")
+
+    tok = _abs(wf.data.tokenizer)
+    tok_fp = None
+    try:
+        tok_fp = tokenizer_fingerprint(tok)
+    except FileNotFoundError as exc:
+        problems.append(f"data.tokenizer: {exc}")
+    if tok_fp and meta.get("tokenizer_fingerprint") != tok_fp:
+        problems.append(
+            f"the manifest was tokenised with tokenizer {meta.get('tokenizer_fingerprint')} but data.tokenizer ({tok}) "
+            f"is {tok_fp}: rebuild the manifest with the teacher's tokenizer"
+        )
+    teacher = _abs(wf.models.teacher)
+    if not teacher.is_dir():
+        problems.append(f"models.teacher: no checkpoint directory at {teacher}")
+        cfg = None
+    else:
+        cfg = _check_teacher(teacher, meta, problems)
+        try:  # a teacher shipping its own tokenizer must agree with data.tokenizer
+            if tok_fp and tokenizer_fingerprint(teacher) != tok_fp:
+                problems.append(f"models.teacher ({teacher}) carries a tokenizer that differs from data.tokenizer ({tok})")
+        except FileNotFoundError:
+            pass
+    _check_images(rows, problems)
+    if cfg is not None and rows.table.num_rows:
+        top = pc.max(pc.list_flatten(rows.table.column("input_ids"))).as_py()
+        if top is not None and top >= cfg.vocab_size:
+            problems.append(f"the manifest holds token id {top} but the teacher's vocab_size is {cfg.vocab_size}: "
+                            "the manifest was tokenised for another model")
+
+    layers = tuple(dict.fromkeys(wf.cache.layers))
+    blocks = tuple(dict.fromkeys(wf.cache.blocks))
+    prov = None
+    if cfg is not None and encoding is not None and tok_fp and not problems:
+        try:
+            prov = Provenance(
+                teacher_fingerprint=checkpoint_fingerprint(teacher),
+                teacher_config_fingerprint=config_fingerprint(teacher),
+                tokenizer_fingerprint=tok_fp,
+                manifest_fingerprint=subset_fingerprint(rows.table),
+                templates=tuple(sorted(set(rows.table.column("template").to_pylist()))),
+                subset=subset, max_length=limit, num_vision_tokens=meta["num_vision_tokens"],
+                teacher_heads=cfg.num_attention_heads, teacher_hidden_size=cfg.hidden_size,
+                vocab_size=cfg.vocab_size, logits_topk=wf.cache.logits_topk, focus_k=wf.cache.focus_k,
+                attn_blocks=tuple(f"{l}.{b}" for l in layers for b in blocks), encoding=encoding,
+            )
+        except ValueError as exc:
+            problems.append(f"cache section: {exc}")
+    if problems:
+        raise DumpInputError(f"{wf.source or 'workflow'}: cannot dump subset {subset!r}, {len(problems)} problem(s):\n  - "
+                             + "\n  - ".join(problems))
+
+    store = _abs(str(wf.cache_path(subset)))
+    resume = (store / "zarr.json").is_file()
+    if resume:  # the resume rule: same teacher, tokenizer, manifest subset, top-k, encoding, ...
+        try:
+            check_provenance(f"existing cache {store}", prov.identity(), CacheStore.open(store).provenance)
+        except CacheError as exc:
+            raise DumpInputError(f"{exc}\n(resuming into {store} needs the provenance it was created with; "
+                                 f"move it aside or set cache.dir to start a new cache)") from None
+    elif store.exists() and any(store.iterdir()):
+        raise DumpInputError(f"{store} exists, is not empty and is not an alignkd cache: set cache.dir elsewhere")
+    d = wf.dump
+    return DumpJob(
+        wf=wf, subset=subset, store_path=store, failures_dir=store.with_name(store.name + ".failures"),
+        teacher_dir=teacher, rows=rows, provenance=prov, workers=workers, batch_size=batch_size,
+        unit_size=d.unit_size, dtype=d.dtype, num_gpus=d.num_gpus_per_worker, num_cpus=d.num_cpus_per_worker,
+        max_retries=d.max_retries, capture_layers=tuple(dict.fromkeys(("first",) + layers)),
+        capture_blocks=tuple(dict.fromkeys(("tv",) + blocks)), resume=resume,
+    )

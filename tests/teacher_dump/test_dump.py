@@ -1,0 +1,112 @@
+"""End to end on a real local Ray cluster: the store verifies, covers the subset exactly, and holds
+what an independent eager run of the teacher computes; bad samples are recorded, not fatal."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from cache_schema import CacheReader, verify_store
+from pipeline.models import MobileVLM, preprocess_image
+from pipeline.positions import sample_index
+from pipeline.workflow import load_workflow
+from teacher_dump.run import dump, plan_job
+from teacher_dump.validate import DumpInputError, check_inputs
+from tests.teacher_dump.dumplib import workflow
+
+pytestmark = pytest.mark.slow
+
+
+def test_store_verifies_and_covers_the_subset_exactly(reference):
+    ids = reference.plan.sample_ids()
+    rep = verify_store(reference.store, expected_sample_ids=ids)
+    assert rep.ok, rep.faults
+    assert reference.report.failures == {}
+    r = CacheReader(reference.store, expect={"subset": "short", "teacher_fingerprint": reference.job.provenance.teacher_fingerprint})
+    assert sorted(r.sample_ids) == sorted(ids) and len(ids) == reference.job.rows.table.num_rows
+    # projector tokens once per unique image: finalize refuses duplicates, so count them
+    hashes = set(reference.job.rows.table.column("image_hash").to_pylist()) - {""}
+    assert reference.report.finalize.n_images == len(hashes) == reference.plan.n_images
+    assert reference.report.finalize.unreferenced_images == []
+
+
+def _eager(model: MobileVLM, row: dict):
+    """One unpadded sample through the eager teacher: (first-layer probs [H, L, L], logits [L, vocab], index)."""
+    ids, lab = torch.tensor([row["input_ids"]]), torch.tensor([row["labels"]])
+    px = preprocess_image(Image.open(row["image_path"]), model.config)[None] if row["image_hash"] else None
+    with torch.no_grad():
+        e = model.embed_inputs(ids, px, None, lab)
+        out = model.model(inputs_embeds=e.embeds, attention_mask=e.attention_mask, output_attentions=True)
+        logits = model.lm_head(out.last_hidden_state)[0]
+    return out.attentions[0][0], logits, sample_index(row["input_ids"], row["labels"], model.num_vision_tokens), px
+
+
+def test_targets_equal_the_eager_teacher(reference):
+    prov = reference.job.provenance
+    model = MobileVLM.from_pretrained(reference.job.teacher_dir, attn_implementation="eager")
+    r = CacheReader(reference.store)
+    k = prov.logits_topk
+    for row in reference.job.rows.table.to_pylist():
+        a0, logits, si, px = _eager(model, row)
+        s = r.get(row["sample_id"])
+        assert s.token_hash == row["token_hash"] and s.n_text == si.n_text_after
+        if si.has_image:
+            tv = a0[:, si.t_start : si.length, si.v_start : si.v_start + si.n_vision].numpy()  # [H, |T|, |V|]
+            # stored as float16: |err| <= 2^-11 * p
+            np.testing.assert_allclose(s.attn[("first", "tv")], tv, rtol=1e-3, atol=1e-6, err_msg=row["sample_id"])
+            score = tv.mean(axis=(0, 1))  # focus score per vision token
+            kth = np.sort(score)[::-1][prov.focus_k - 1]
+            assert len(set(s.focus.tolist())) == prov.focus_k and (score[s.focus] >= kth - 1e-6).all()
+            np.testing.assert_allclose(r.image_tokens(row["image_hash"]), model.encode_images(px)[0].detach().numpy(),
+                                       rtol=2e-3, atol=1e-4)
+        else:
+            assert s.attn[("first", "tv")].shape[1] == 0 and s.focus.shape == (0,)
+        logp = torch.log_softmax(logits[torch.as_tensor(si.resp)].double(), -1)  # [|R|, vocab]
+        assert s.topk_ids.shape == (len(si.resp), k)
+        got = logp.gather(1, torch.as_tensor(s.topk_ids)).numpy()
+        np.testing.assert_allclose(s.topk_logprobs, got, rtol=1e-3, atol=1e-4)  # float16 log p
+        next_best = torch.topk(logp, k + 1).values[:, -1].numpy()
+        assert (got.min(1) >= next_best - 1e-5).all(), "stored ids are not the top-k"
+        tail = np.log1p(-np.exp(got).sum(1))
+        np.testing.assert_allclose(s.tail_logmass, tail, atol=1e-4)
+
+
+def test_changing_unit_size_on_resume_is_refused(reference):
+    wf = load_workflow(reference.job.wf.source)
+    wf.dump.unit_size = 3
+    job = check_inputs(wf, "short")
+    assert job.resume
+    with pytest.raises(DumpInputError, match="set dump.unit_size back to 4"):
+        plan_job(job)
+
+
+def test_a_bad_image_is_recorded_and_the_rest_completes(dump_world, ray_local, tmp_path):
+    table = pq.read_table(dump_world.root / "manifest.parquet")
+    rows = table.to_pylist()
+    short_hashes = [r["image_hash"] for r in rows if r["in_short"]]
+    i = next(j for j, r in enumerate(rows) if r["in_short"] and r["image_hash"] and short_hashes.count(r["image_hash"]) == 1)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 8)  # present, hashed, undecodable
+    paths, hashes = table.column("image_path").to_pylist(), table.column("image_hash").to_pylist()
+    paths[i], hashes[i] = str(bad), hashlib.sha256(bad.read_bytes()).hexdigest()[:16]
+    for name, col in (("image_path", paths), ("image_hash", hashes)):
+        table = table.set_column(table.schema.get_field_index(name), name, [col])
+    pq.write_table(table, tmp_path / "m.parquet")
+    job = check_inputs(load_workflow(workflow(tmp_path, "bad", dump_world.world, manifest=tmp_path / "m.parquet",
+                                              dump={"workers": 1})), "short")
+    logs: list[str] = []
+    rep = dump(job, progress=False, log=logs.append)
+    sid = rows[i]["sample_id"]
+    assert list(rep.failures) == [sid] and "unreadable image" in rep.failures[sid]
+    assert rep.finalize.n_samples == job.rows.table.num_rows - 1
+    recorded = [json.loads(x) for x in (job.failures_dir / "failures.jsonl").read_text().splitlines()]
+    assert [f["sample_id"] for f in recorded] == [sid]
+    assert any("1 sample(s) could not be cached" in m for m in logs), logs
+    expected = [s for s in job.rows.table.column("sample_id").to_pylist() if s != sid]
+    assert verify_store(job.store_path, expected_sample_ids=expected).ok
