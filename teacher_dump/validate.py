@@ -67,8 +67,12 @@ def encoding_from_cache(cache: CacheConfig) -> Encoding:
     c, lvl = cache.compressor, cache.compression_level
     if c == "none":
         attn_codec = logits_codec = vision_codec = "none"
-    elif c == "zstd":  # bitshuffle: quantised/fp16 probabilities compress best bit-plane by bit-plane
-        attn_codec, logits_codec, vision_codec = f"blosc:zstd:{lvl}:bitshuffle", f"zstd:{lvl}", f"blosc:zstd:{lvl}:shuffle"
+    elif c == "zstd":
+        # measured by `alignkd cache size-table`: float attention compresses best bit-plane by
+        # bit-plane (bitshuffle), 8-bit codes best with plain zstd; log-probs/tokens byte-shuffled
+        attn_8bit = mode(_ATTN, "attn_dtype", cache.attn_dtype) in ("u8", "u8sqrt")
+        attn_codec = f"zstd:{lvl}" if attn_8bit else f"blosc:zstd:{lvl}:bitshuffle"
+        logits_codec, vision_codec = f"blosc:zstd:{lvl}:shuffle", f"blosc:zstd:{lvl}:shuffle"
     elif c in ("lz4", "lz4hc", "blosclz", "zlib"):
         attn_codec, logits_codec, vision_codec = f"blosc:{c}:{lvl}:bitshuffle", f"blosc:{c}:{lvl}:shuffle", f"blosc:{c}:{lvl}:shuffle"
     else:
