@@ -44,5 +44,8 @@ teacher-cache: $(STAMP)
 student-train: $(STAMP)
 	$(ALIGNKD) student-train --workflow $(WORKFLOW) --subset $(SUBSET) --stage all
 
+bench: $(STAMP)
+	$(PY) -m benchmarks.run --out results/bench
+
 clean:
 	rm -rf runs results
