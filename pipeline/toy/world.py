@@ -1,0 +1,171 @@
+"""`build_world`: write a whole toy world to disk, reproducibly and atomically.
+
+Layout of `<world>` (= `wf.world.dir`):
+    world.json                 spec (seed, counts, limits, generator version), stats, sha256 of every file
+    scenes.json                ground truth per image: background, texture, objects (shape, colour, size, cell, pixels)
+    images/train_NNNNN.png     training images;  images/eval_NNNNN.png  held-out eval images
+    data/pretrain.json         captions (template plain)
+    data/finetune.json         QA: single-turn, multi-turn, long, text-only (template v1)
+    data/eval.json             one-word QA on held-out images, with `task` and `answer`
+    tokenizer/                 BPE tokenizer (AutoTokenizer-loadable)
+    vision_tower/              toy CLIP vision config (+ the frozen weights shared by both models)
+    teacher_init/ student_init/  random MobileVLM-layout checkpoints (4×256×8 / 2×128×4)
+
+Sizing (the defaults of `WorldConfig`, chosen for `make demo` ≈ 10 min on 2 shared CPU cores):
+* 64 vision tokens + ≲100 text tokens per sample on a 4×256 teacher costs a few ms per sample
+  forward+backward on CPU, so the teacher's whole budget is a few thousand sample-passes: 600
+  training images, 600 captions and 1200 fine-tuning records (≈ 2 epochs of each fit in the
+  teacher's ~3 minutes), and 200 eval questions on 100 held-out images (eval is short greedy
+  generation, cheap).
+* The tasks are easy to state and hard to ground (see `tasks.py`): colour/shape/size need one
+  object, but counting, position, binding (hard-negative "is there a red square?") and size
+  comparison need the text to attend to the right vision tokens. A 2×128×4-head student with the
+  same small budget learns the answer format and the easy tasks; the teacher's extra depth and
+  width is what solves the grounding tasks, and that gap (and its first-layer text→vision
+  attention) is what Align-KD transfers.
+* The answer prior is flat by construction, so the image-blind ceiling (`blind_accuracy` in the
+  stats) stays far below what grounding reaches.
+* Images are reused (pretrain captions each image once, fine-tuning draws ≈ 2 records per image
+  with replacement), so some images have one sample and many have several: the cache stores
+  projector tokens once per unique image.
+* `long_fraction` of the fine-tuning records are fitted (by their number of turns) to lie between
+  the short and the long subset limit, so exactly that share is Long-only.
+Generation takes a few seconds: tokenizer training and model init dominate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.toy import assets, stats
+from pipeline.toy.generate import (
+    WorldError,
+    WorldSpec,
+    make_drafts,
+    make_eval,
+    make_pretrain,
+    make_scenes,
+    render_images,
+    tokenizer_corpus,
+)
+from pipeline.toy.records import Draft, fit_turns, prefixes
+from pipeline.workflow import Workflow
+
+WORLD_JSON = "world.json"
+
+
+def build_world(wf: Workflow, out: str | Path | None = None, force: bool = False,
+                log: Callable[[str], None] = lambda s: None) -> dict:
+    """Generate the world of `wf` into `out` (default `wf.world.dir`); return world.json's content
+    (with `"up_to_date": True` added when an identical, intact world was already there).
+
+    Idempotent: an intact world of the same spec is left as it is; a damaged one is rebuilt. A
+    different world (or a non-world directory) is refused unless `force`.
+    """
+    spec = WorldSpec.from_workflow(wf)
+    out = Path(out or wf.world.dir)
+    state = existing_state(out, spec)
+    if state == "intact":
+        meta = json.loads((out / WORLD_JSON).read_text())
+        return {**meta, "up_to_date": True}
+    if state in ("different", "foreign") and not force:
+        what = "a world of a different spec" if state == "different" else "files that are not a toy world"
+        raise WorldError(f"{out} holds {what}; rerun with --force to replace it, or choose another --out")
+    stage = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        meta = _generate(spec, stage, log)
+        _swap(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return meta
+
+
+def existing_state(out: Path, spec: WorldSpec) -> str:
+    """absent | intact (same spec, every file hash matches) | damaged (same spec) | different | foreign"""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return "absent"
+    try:
+        meta = json.loads((out / WORLD_JSON).read_text())
+    except (OSError, ValueError):
+        return "foreign"
+    if meta.get("spec") != asdict(spec):
+        return "different"
+    for rel, digest in meta.get("files", {}).items():
+        p = out / rel
+        if not p.is_file() or _sha(p.read_bytes()) != digest:
+            return "damaged"
+    return "intact"
+
+
+def _generate(spec: WorldSpec, d: Path, log_: Callable[[str], None]) -> dict:
+    t0 = time.perf_counter()
+    log = lambda s: log_(f"[{time.perf_counter() - t0:5.1f} s] {s}")  # noqa: E731
+    train, held = make_scenes(spec)
+    (d / "images").mkdir()
+    for name, png in render_images(spec, train + held):
+        (d / "images" / name).write_bytes(png)
+    log(f"rendered {len(train)} training and {len(held)} held-out images")
+
+    pretrain, drafts, evals = make_pretrain(spec, train), make_drafts(spec, train), make_eval(spec, held)
+    tok = assets.build_tokenizer(tokenizer_corpus(pretrain, drafts, assets.V1_BOILERPLATE),
+                                 spec.tokenizer_vocab, d / "tokenizer")
+    log(f"trained the tokenizer ({len(tok)} tokens)")
+
+    finetune = _fit_finetune(spec, drafts, tok)
+    (d / "data").mkdir()
+    for name, recs in (("pretrain", pretrain), ("finetune", finetune), ("eval", evals)):
+        (d / "data" / f"{name}.json").write_bytes(_json_bytes(recs))
+    (d / "scenes.json").write_bytes(_json_bytes({s.image: s.to_json() for s in train + held}))
+    dirs = assets.write_models(d, d / "tokenizer", len(tok), spec.seed)
+    for k in ("teacher_init", "student_init"):  # the lengths above assumed this many
+        if (n := assets.vision_tokens_of(dirs[k])) != spec.num_vision_tokens:
+            raise WorldError(f"{k} emits {n} vision tokens but the workflow's models.num_vision_tokens is "
+                             f"{spec.num_vision_tokens}: set models.num_vision_tokens: {n}")
+    log("wrote the data JSON, the scenes and the teacher/student inits")
+
+    st = stats.world_stats(spec, train, pretrain, finetune, evals, drafts, tok)
+    files = {str(p.relative_to(d)): _sha(p.read_bytes()) for p in sorted(d.rglob("*")) if p.is_file()}
+    meta = {"spec": asdict(spec), "stats": st, "files": files}
+    (d / WORLD_JSON).write_bytes(_json_bytes(meta))
+    return meta
+
+
+def _fit_finetune(spec: WorldSpec, drafts: list[Draft], tok: Any) -> list[dict]:
+    """Fix each draft's number of turns for its band, measuring every prefix in one batch."""
+    pre = [prefixes(dr) for dr in drafts]
+    flat = [(c, "v1", dr.image is not None) for dr, cs in zip(drafts, pre) for c in cs]
+    lens = assets.embedded_lengths(flat, tok, spec.num_vision_tokens)
+    out, k0 = [], 0
+    for dr, cs in zip(drafts, pre):
+        out.append(dr.record(fit_turns(dr, lens[k0 : k0 + len(cs)], spec.short_limit, spec.long_limit)))
+        k0 += len(cs)
+    return out
+
+
+def _swap(stage: Path, out: Path) -> None:
+    """Replace `out` by `stage` with renames, so a reader never sees a half-written world."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    stage.rename(out)
+    if old.is_dir():
+        shutil.rmtree(old)
+    elif old.exists():  # --force over a plain file
+        old.unlink()
+
+
+def _sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()[:16]
+
+
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode()
