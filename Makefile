@@ -44,6 +44,9 @@ teacher-cache: $(STAMP)
 student-train: $(STAMP)
 	$(ALIGNKD) student-train --workflow $(WORKFLOW) --subset $(SUBSET) --stage all
 
+reproduce: $(STAMP)
+	$(ALIGNKD) reproduce --workflow $(WORKFLOW)
+
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --out results/bench
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from alignkd import cache_cmd, eval_cmd, probe_cmd, demo_cmd
+from alignkd import cache_cmd, demo_cmd, eval_cmd, probe_cmd, reproduce_cmd
 from pipeline import data_cli, toy_cli, model_cli
 from student_train import cli as student_cli
 from teacher_dump import cli as teacher_cli
@@ -25,6 +25,7 @@ app.command("student-train")(student_cli.student_train)
 app.command("eval")(eval_cmd.eval_model)
 app.command("probe")(probe_cmd.probe)
 app.command("demo")(demo_cmd.demo)
+app.command("reproduce")(reproduce_cmd.reproduce)
 
 if __name__ == "__main__":
     app()

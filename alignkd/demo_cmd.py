@@ -74,7 +74,7 @@ def demo(
         if d.exists() and not (d / "config.json").is_file():
             shutil.rmtree(d)
     subset = wf.demo.student_subset
-    run(f"teacher dump on Ray ({subset} subset)", ["teacher-dump", "--workflow", w, "--subset", subset, "--no-progress"])
+    run(f"teacher dump on Ray ({subset} subset)", ["teacher-dump", "--workflow", w, "--subset", subset])
     for name, mode in (("alignkd", "cached"), ("sft", "sft")):
         out = students / name
         if (out / "finetune" / "final" / "config.json").is_file():
