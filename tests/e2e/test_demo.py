@@ -1,0 +1,60 @@
+"""A shortened `alignkd demo` end to end: every stage runs through the real CLI (toy world,
+manifest, teacher training on DeepSpeed, teacher dump on Ray, two students, eval, report) and
+each stage's output is what the next one consumed."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+ALIGNKD = str(Path(sys.executable).with_name("alignkd"))
+
+
+def small_workflow(tmp: Path) -> Path:
+    wf = yaml.safe_load((REPO / "workflows/toy.yaml").read_text())
+    wf["world"].update(n_images=48, n_eval_images=16, n_pretrain=48, n_finetune=96, n_eval=24)
+    wf["demo"].update(teacher_pretrain_steps=3, teacher_finetune_steps=6, heatmaps=1)
+    wf["train"]["deepspeed_config"] = str(REPO / "workflows/zero2.json")
+    wf["train"]["save_every"] = 0
+    for stage in ("pretrain", "finetune"):
+        wf["train"][stage] = {**wf["train"].get(stage, {}), "max_steps": 3}
+    path = tmp / "demo.yaml"
+    path.write_text(yaml.safe_dump(wf))
+    return path
+
+
+@pytest.mark.slow
+def test_shortened_demo_runs_every_stage_and_writes_the_report(tmp_path):
+    wf = small_workflow(tmp_path)
+    proc = subprocess.run([ALIGNKD, "demo", "--workflow", str(wf)], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    run = tmp_path / "runs/toy"
+    report = run / "report"
+    steps = json.loads((report / "commands.json").read_text())
+    assert steps and all(s["rc"] == 0 for s in steps)
+    titles = " | ".join(s["title"] for s in steps)
+    for stage in ("toy world", "manifest", "teacher", "teacher dump", "alignkd student", "sft student", "evaluate"):
+        assert stage in titles, titles
+    # manifest -> cache: the store covers exactly the Short subset and verifies
+    rows = pq.read_table(run / "manifest.parquet", columns=["sample_id", "in_short"]).to_pylist()
+    short = {r["sample_id"] for r in rows if r["in_short"]}
+    ls = subprocess.run([ALIGNKD, "cache", "verify", str(run / "cache/short.zarr")], cwd=tmp_path, capture_output=True, text=True)
+    assert ls.returncode == 0, ls.stdout + ls.stderr
+    from cache_schema import CacheReader
+
+    assert set(CacheReader(run / "cache/short.zarr").sample_ids) == short
+    # cache -> students -> eval -> report
+    for name in ("teacher", "sft", "alignkd"):
+        preds = [json.loads(x) for x in (report / "eval" / name / "predictions.jsonl").read_text().splitlines()]
+        assert len(preds) == 24 and set(preds[0]) >= {"question_id", "prompt", "answer", "prediction", "correct"}
+    metrics = (run / "students/alignkd/finetune/metrics.jsonl").read_text().splitlines()
+    assert metrics and {"rkl", "attn", "focus", "all_tokens", "sup"} <= set(json.loads(metrics[-1]))
+    summary = (report / "summary.md").read_text()
+    assert "Align-KD student" in summary and "alignkd teacher-dump" in summary
+    for png in ("accuracy.png", "losses.png", "attention_0.png", "probe_teacher/layers.png"):
+        assert (report / png).stat().st_size > 1000, png
