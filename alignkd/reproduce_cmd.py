@@ -14,9 +14,10 @@ finished runs of another budget (train section, --max-steps, --eval-limit) are r
 than mixed in. Results (mean ± std over seeds) are rewritten after every finished run:
 <out>/reproduce.md and <out>/reproduce.json.
 
-Cost on 2 CPU cores (measured per run, CPU seconds): SFT ≈ 100, a distilled run ≈ 170–230, so
-the 33 default runs take ≈ 50–60 min at 2 jobs, plus the toy teacher (≈ 11 min, shared with
-`alignkd demo`) and three teacher dumps (a few minutes).
+Cost with the toy workflow's train section (CPU seconds per run, train + eval, measured): SFT ≈ 110,
+Table 3's distilled runs ≈ 170, Table 4's ≈ 300–330 (their store holds every map, and a read
+decodes all of them). The 33 default runs ≈ 6,700 CPU s ≈ 60 min at 2 jobs on 2 cores, plus the
+toy teacher (≈ 11 min, shared with `alignkd demo`) and three teacher dumps (≈ 5 min).
 
 Table 4's presets distil attention blocks the workflow's cache may not hold (vv, tt, full, the last
 layer). Then the runs that need them read <out>/workflow.yaml instead: the same workflow with
@@ -154,21 +155,32 @@ def budget_of(wf, max_steps: int, eval_limit: int) -> dict:
             "max_steps": max_steps, "eval_limit": eval_limit}
 
 
+class BudgetMismatch(ValueError):
+    """Finished runs in the output directory were trained with another budget."""
+
+
+def _budget_str(b: dict) -> str:
+    return f"max_steps {b.get('max_steps')}, eval_limit {b.get('eval_limit')}, train section {b.get('train_fingerprint')}"
+
+
 def check_finished(runs: list[Run], budget: dict) -> None:
-    """A finished run of another budget must not be mixed in; an unfinished one is restarted."""
-    stale = []
+    """A finished run of another budget must not be mixed in (BudgetMismatch); an unfinished one
+    is restarted from scratch."""
+    stale, got = [], None
     for r in runs:
         rec = r.dir / "reproduce_run.json"
-        got = json.loads(rec.read_text()).get("budget") if rec.is_file() else None
-        if got is None or got == budget:
+        had = json.loads(rec.read_text()).get("budget") if rec.is_file() else None
+        if had is None or had == budget:
             continue
         if r.summary.is_file():
-            stale.append(f"{r.name}: {got}")
+            stale.append(r.name)
+            got = had
         else:
             shutil.rmtree(r.dir)
     if stale:
-        raise typer.BadParameter(f"{len(stale)} finished run(s) in this --out were trained with another budget "
-                                 f"than {budget}:\n  " + "\n  ".join(stale) + "\nchoose another --out, or remove them")
+        raise BudgetMismatch(f"{len(stale)} finished run(s) here were trained with another budget ({_budget_str(got)}) "
+                             f"than this command's ({_budget_str(budget)}): {', '.join(stale)}. "
+                             "Choose another --out, or remove them.")
 
 
 # ---------------------------------------------------------------------------------- running
@@ -319,13 +331,14 @@ def _follow(running: dict, started: dict, total: int, jobs: int, say, on_done) -
 
 # ------------------------------------------------------------------------------------ command
 def reproduce(
-    workflow: Path = typer.Option(Path("workflows/toy.yaml"), help="workflow YAML (a toy world workflow; its reproduce: section)"),
+    workflow: Path = typer.Option(Path("workflows/toy.yaml"), help="workflow YAML (toy world; its reproduce: section)"),
     seeds: str = typer.Option(None, help="comma-separated seeds (default reproduce.seeds: 0,1,2)"),
     presets: str = typer.Option(None, help="ablation presets on the Short subset (default reproduce.presets: "
                                            "sft,rkl,attn,focus,all,vv,tt,full,last)"),
-    subsets: str = typer.Option(None, help="Table 1's subsets, each trained with reproduce.subset_presets (default short,long)"),
+    subsets: str = typer.Option(None, help="Table 1's subsets, each with reproduce.subset_presets (default short,long)"),
     out: Path = typer.Option(None, help="output directory (default reproduce.out, else <run_dir>/reproduce[_quick])"),
-    max_steps: int = typer.Option(None, help="optimiser steps per stage of every run (default reproduce.max_steps; 0: the train section's)"),
+    max_steps: int = typer.Option(None, help="optimiser steps per stage of every run "
+                                             "(default reproduce.max_steps; 0: the train section's)"),
     jobs: int = typer.Option(None, help="runs at once (default reproduce.jobs)"),
     eval_limit: int = typer.Option(None, help="evaluate on the first N held-out questions (0: all)"),
     quick: bool = typer.Option(False, help="smoke test: seed 0, presets sft and all, 2 steps a stage, 16 questions"),
@@ -334,7 +347,11 @@ def reproduce(
     """Reproduce the paper's Tables 3, 4 and Table 1's bottom block at toy scale (mean ± std over seeds)."""
     from pipeline.workflow import WorkflowError, load_workflow
 
-    wf = load_workflow(workflow)
+    try:
+        wf = load_workflow(workflow)
+    except WorkflowError as exc:
+        typer.secho(f"reproduce: {exc}", fg="red", err=True)
+        raise typer.Exit(code=2) from None
     cfg, q = wf.reproduce, (QUICK if quick else {})
     try:
         seeds_ = _csv(seeds, int) or q.get("seeds") or cfg.seeds
@@ -355,34 +372,25 @@ def reproduce(
                                        "--presets", ",".join(presets_), "--subsets", ",".join(subsets_), "--out", str(out),
                                        "--max-steps", str(max_steps), "--eval-limit", str(eval_limit), "--jobs", str(jobs)])
     todo = [r for r in runs if not r.summary.is_file()]
-    steps = f"{max_steps} optimiser steps a stage" if max_steps > 0 else \
-        f"the train section's budget (epochs {wf.train.pretrain.epochs:g} / {wf.train.finetune.epochs:g})"
-    typer.echo(f"reproduce: {len(runs)} runs ({len(runs) // len(seeds_)} (subset, preset) pairs × {len(seeds_)} seeds), "
-               f"{len(runs) - len(todo)} finished already, {len(todo)} to run, {jobs} at a time; {steps}\n"
-               f"  {command}\n  output: {out}", err=True)
-    if derived:
-        typer.echo(f"  presets {', '.join(dict.fromkeys(r.preset for r in runs if r.workflow == str(derived)))} read "
-                   f"{derived} (attention maps {workflow}'s cache lacks; cache in {out / 'cache'})", err=True)
+    _announce(wf, runs, todo, len(seeds_), max_steps, jobs, command, out, workflow, derived)
     if dry_run:
         for r in runs:
             typer.echo(f"{r.name} ({'finished' if r.summary.is_file() else 'to run'}):\n"
                        f"  alignkd {shlex.join(r.train_args(max_steps))}\n  alignkd {shlex.join(r.eval_args(eval_limit))}")
         return
-    check_finished(runs, budget)
+    try:
+        check_finished(runs, budget)
+    except BudgetMismatch as exc:
+        typer.secho(f"reproduce: {out}: {exc}", fg="red", err=True)
+        raise typer.Exit(code=2) from None
 
     from alignkd.reproduce_report import write_report
 
     t_start = time.perf_counter()
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": command, "workflow": str(workflow),
-            "derived_workflow": str(derived) if derived else None, "seeds": seeds_, "presets": presets_, "subsets": subsets_, "budget": budget,
-            "jobs": jobs, "git": _git_state(), "ablation_subset": cfg.ablation_subset}
-    if todo:  # world → manifest → toy teacher (as `alignkd demo`), then each cache the runs read
-        prep = _Runner(out / "prerequisites.json", prog="reproduce")
-        prepare_teacher(prep, wf, str(workflow))
-        for w, s in dict.fromkeys((r.workflow, r.subset) for r in todo if r.preset != "sft"):
-            prep(f"teacher dump on Ray ({s} subset{', Table 4 maps' if w == str(derived) else ''})",
-                 ["teacher-dump", "--workflow", w, "--subset", s, "--no-progress"])
-        meta["prerequisites"] = prep.steps
+            "derived_workflow": str(derived) if derived else None, "seeds": seeds_, "presets": presets_,
+            "subsets": subsets_, "budget": budget, "jobs": jobs, "git": _git_state(),
+            "ablation_subset": cfg.ablation_subset, "prerequisites": prerequisites(wf, workflow, todo, derived, out)}
     meta["samples"] = _subset_sizes(wf, list(dict.fromkeys(r.subset for r in runs)))
     report = lambda: write_report(out, runs, meta, time.perf_counter() - t_start)  # noqa: E731
     if threading.current_thread() is threading.main_thread():
@@ -401,6 +409,33 @@ def reproduce(
         typer.secho(f"reproduce: {len(failed)} run(s) failed: " + ", ".join(f["run"] for f in failed)
                     + "; rerun the same command to retry them", fg="red", err=True)
         raise typer.Exit(code=1)
+
+
+def _announce(wf, runs: list[Run], todo: list[Run], n_seeds: int, max_steps: int, jobs: int, command: str,
+              out: Path, workflow: Path, derived: Path | None) -> None:
+    steps = f"{max_steps} optimiser steps a stage" if max_steps > 0 else \
+        f"the train section's budget (epochs {wf.train.pretrain.epochs:g} / {wf.train.finetune.epochs:g})"
+    typer.echo(f"reproduce: {len(runs)} runs ({len(runs) // n_seeds} (subset, preset) pairs × {n_seeds} seeds), "
+               f"{len(runs) - len(todo)} finished already, {len(todo)} to run, {jobs} at a time; {steps}\n"
+               f"  {command}\n  output: {out}", err=True)
+    if derived:
+        typer.echo(f"  presets {', '.join(dict.fromkeys(r.preset for r in runs if r.workflow == str(derived)))} read "
+                   f"{derived} (attention maps {workflow}'s cache lacks; cache in {out / 'cache'})", err=True)
+
+
+def prerequisites(wf, workflow: Path, todo: list[Run], derived: Path | None, out: Path) -> list[dict]:
+    """World → manifest → toy teacher (as `alignkd demo`), then every cache the runs to do read
+    (each a no-op when already there). Returns the steps run, or with nothing to do, those of
+    the invocation that ran them."""
+    log = out / "prerequisites.json"
+    if not todo:
+        return json.loads(log.read_text()) if log.is_file() else []
+    run = _Runner(log, prog="reproduce")
+    prepare_teacher(run, wf, str(workflow))
+    for w, s in dict.fromkeys((r.workflow, r.subset) for r in todo if r.preset != "sft"):
+        run(f"teacher dump on Ray ({s} subset{', Table 4 maps' if w == str(derived) else ''})",
+            ["teacher-dump", "--workflow", w, "--subset", s, "--no-progress"])
+    return run.steps
 
 
 def _interrupt(signum, frame) -> None:

@@ -7,9 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
-import typer
 
-from alignkd.reproduce_cmd import Run, attn_needs, budget_of, cache_workflow, check_finished, make_plan, pairs
+from alignkd.reproduce_cmd import (
+    BudgetMismatch,
+    Run,
+    attn_needs,
+    budget_of,
+    cache_workflow,
+    check_finished,
+    make_plan,
+    pairs,
+)
 from alignkd.reproduce_report import aggregate, write_report
 from pipeline.workflow import ReproduceConfig, load_workflow
 
@@ -82,7 +90,7 @@ def test_finished_runs_of_another_budget_are_refused(tmp_path):
     old, new = budget_of(wf, 2, 16), budget_of(wf, 0, 0)
     done = _finished_run(tmp_path, "short", "sft", 0, (0.5, 0.5), old)
     check_finished([done], old)  # same budget: fine
-    with pytest.raises(typer.BadParameter, match="another budget"):
+    with pytest.raises(BudgetMismatch, match=r"another budget \(max_steps 2, eval_limit 16.*short/sft/seed_0"):
         check_finished([done], new)
     half = Run("short", "all", 0, tmp_path / "half", "w.yaml")  # unfinished, other budget: restarted
     half.dir.mkdir()
