@@ -8,6 +8,7 @@ when only the config is at hand: see `config_fingerprint`).
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
@@ -28,6 +29,49 @@ def tokenizer_fingerprint(tokenizer_dir: str | Path) -> str:
     if not parts:
         raise FileNotFoundError(f"no tokenizer files ({', '.join(_TOKENIZER_FILES)}) in {d}")
     return _digest(parts)
+
+
+def _vocab_pairs(tokenizer_json: Path) -> list[tuple[int, str]]:
+    """(id, token) of a tokenizer.json's model vocabulary and added tokens, sorted by id."""
+    tj = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    vocab = tj.get("model", {}).get("vocab") or {}
+    # BPE / WordPiece: {token: id}; Unigram: [[piece, score], ...] with the position as id
+    pairs = {(i, t) for t, i in vocab.items()} if isinstance(vocab, dict) else {(i, v[0]) for i, v in enumerate(vocab)}
+    pairs |= {(t["id"], t["content"]) for t in tj.get("added_tokens", [])}
+    return sorted(pairs)
+
+
+def vocab_fingerprint(tokenizer_dir: str | Path) -> str:
+    """Digest of a tokenizer's vocabulary alone (which id is which token), not of its settings.
+
+    Teacher and student must agree on ids, nothing more: two checkpoints that ship LLaMA's
+    vocabulary with different tokenizer_config.json files (model_max_length, padding side) get
+    the same digest, where `tokenizer_fingerprint` tells them apart. The SentencePiece model
+    (tokenizer.model, whose pieces are the vocabulary) is used when present, so that a checkpoint
+    shipping it next to a converted tokenizer.json compares equal to one shipping it alone; else
+    tokenizer.json's vocabulary and added tokens. (A tokenizer.model-only directory and a
+    tokenizer.json-only one never compare equal: convert one, or give both the same files.)
+    """
+    d = Path(tokenizer_dir)
+    if (d / "tokenizer.model").is_file():
+        parts = [("tokenizer.model", (d / "tokenizer.model").read_bytes())]
+        if (d / "added_tokens.json").is_file():
+            added = json.loads((d / "added_tokens.json").read_text(encoding="utf-8"))
+            parts.append(("added_tokens", json.dumps(sorted(added.items())).encode()))
+        return _digest(parts)
+    if (d / "tokenizer.json").is_file():
+        return _digest([("vocab", json.dumps(_vocab_pairs(d / "tokenizer.json"), ensure_ascii=False).encode())])
+    raise FileNotFoundError(f"no tokenizer vocabulary (tokenizer.model or tokenizer.json) in {d}")
+
+
+def tokenizer_size(tokenizer_dir: str | Path) -> int | None:
+    """Largest token id + 1 of a tokenizer.json (what a model's vocab_size must hold); None when
+    the directory has no tokenizer.json (a SentencePiece model needs sentencepiece to be read)."""
+    f = Path(tokenizer_dir) / "tokenizer.json"
+    if not f.is_file():
+        return None
+    pairs = _vocab_pairs(f)
+    return pairs[-1][0] + 1 if pairs else 0
 
 
 def config_fingerprint(model_dir: str | Path) -> str:

@@ -215,6 +215,13 @@ class Workflow:
     def cache_path(self, subset: str) -> Path:
         return Path(self.cache.dir) / f"{subset}.zarr"
 
+    def label(self, key: str) -> str:
+        """A dotted key ("models.teacher") as the user finds it: with the `vars:` entries its
+        value is made of, "models.teacher (vars.teacher_ckpt)", since those are what a user of a
+        real workflow edits; the key alone when the file sets it literally (or it is a default)."""
+        names = _var_names(self.source, key)
+        return f"{key} ({', '.join('vars.' + n for n in names)})" if names else key
+
     def subset_limit(self, subset: str) -> int:
         if subset not in self.data.subsets:
             raise WorkflowError(
@@ -268,6 +275,18 @@ def _substitute_vars(raw: dict, errors: list[str]) -> dict:
         return value
 
     return sub(raw, "")
+
+
+def _var_names(source: str, key: str) -> list[str]:
+    """The `${name}`s in the raw value of dotted `key` in workflow file `source` ([] if none, or
+    if the file is gone): read again on demand, for messages only, so `Workflow` carries no state."""
+    try:
+        node: Any = yaml.safe_load(Path(source).read_text()) if source else None
+    except (OSError, yaml.YAMLError):
+        return []
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return list(dict.fromkeys(_VAR.findall(node))) if isinstance(node, str) else []
 
 
 def from_dict(cls: type, data: Any, where: str, errors: list[str]) -> Any:

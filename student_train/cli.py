@@ -1,24 +1,29 @@
 """`alignkd student-train`: phase 2, the student trained on DeepSpeed ZeRO-2 from the teacher cache.
 
-The command checks the run in this process (workflow, batch plan, DeepSpeed config, the cache's
-provenance, what the output directory holds), then re-executes one `deepspeed` launcher per
-stage (`student_train.launch` on every rank). `--stage all` runs pre-training, then fine-tuning
-from pre-training's exported student.
+The command checks the run in this process (workflow, the plan of `student_train.plan`: configs
+and tokenizers without weights, samples, batch plan, DeepSpeed config; the cache's provenance,
+what the output directory holds), then re-executes one `deepspeed` launcher per stage
+(`student_train.launch` on every rank). `--stage all` runs pre-training, then fine-tuning from
+pre-training's exported student. `--dry-run` prints the plan instead; before the teacher dump it
+notes the missing cache rather than refusing.
 
     alignkd student-train --workflow workflows/toy.yaml --subset short --stage all
+    alignkd student-train --workflow workflows/mobilevlm_v2.yaml --stage all --num-gpus 8 --dry-run
     alignkd student-train --mode sft --init runs/toy/world/teacher_init --out runs/toy/teacher   # toy teacher
 """
 
 from __future__ import annotations
 
-import json
-import shlex
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from student_train.launch import MODES, STAGES, RunArgs, launcher_command, launcher_env
+
+if TYPE_CHECKING:
+    from student_train.plan import RunPlan, StageInit
 
 
 def _num_procs(cli: int, configured: int) -> int:
@@ -31,46 +36,33 @@ def _num_procs(cli: int, configured: int) -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 1
 
 
-def _stage_init(stage: str, stages: list[str], init: str | None, out: Path, default: str) -> str:
-    """Where a stage starts: fine-tuning after pre-training in the same command starts from its
-    export; alone, from --init, else from an earlier pre-training export in --out, else the
-    workflow's student."""
-    pre = out / "pretrain" / "final"
-    if stage == "finetune" and "pretrain" in stages:
-        return str(pre)
-    if init:
-        return init
-    if stage == "finetune" and (pre / "config.json").is_file():
-        return str(pre)
-    return default
-
-
-def _preflight(wf, subset: str, stage: str, mode: str, init: str, num_procs: int, resume: bool, out: Path) -> dict:
-    """Everything that can be refused before ranks start; returns the filled DeepSpeed config."""
+def _preflight(wf, run: RunPlan, stage: str, init: StageInit, resume: bool, out: Path, dry_run: bool) -> None:
+    """What the plan cannot refuse: the stage's output directory and, cached, the store. A store
+    not dumped yet is a note of a dry run (it comes before the dump) and refuses a real run."""
     from student_train.checkpoint import stage_state  # noqa: PLC0415
-    from student_train.engine import batch_plan, fill_ds_config  # noqa: PLC0415
-    from student_train.losses import resolve_loss  # noqa: PLC0415
+    from student_train.plan import PlanError  # noqa: PLC0415
 
-    resolve_loss(wf.train.loss)
-    plan = batch_plan(getattr(wf.train, stage), num_procs, f"train.{stage}")
-    ds = fill_ds_config(wf.train.deepspeed_config, plan, wf.train.precision)
     state = stage_state(out / stage)
     if state != "empty" and not resume:
-        raise typer.BadParameter(f"{out / stage} already holds a {state} run: pass --resume to continue it, "
-                                 "or remove it / choose another --out")
-    if mode == "cached":
+        raise PlanError(f"{out / stage} already holds a {state} run: pass --resume to continue it, "
+                        "or remove it / choose another --out")
+    if run.mode == "cached":
         from cache_schema.reader import CacheReader  # noqa: PLC0415
         from student_train.data import check_store  # noqa: PLC0415
         from student_train.preflight import check_token_hashes  # noqa: PLC0415
 
-        path = wf.cache_path(subset)
+        path = wf.cache_path(run.subset)
+        dump = f"alignkd teacher-dump --workflow {wf.source} --subset {run.subset}"
         if not path.exists():
-            raise typer.BadParameter(f"cache {path} not found: run `alignkd teacher-dump --workflow {wf.source} "
-                                     f"--subset {subset}` first, or use --mode online / sft")
-        wf.models.student = init if Path(init, "config.json").is_file() else wf.models.student
-        check_store(wf, subset, CacheReader(path))
-        check_token_hashes(wf, subset, stage, path)
-    return ds
+            if dry_run:
+                run.cache = f"{path} not built yet: run `{dump}` first (then this dry run checks it too)"
+                return
+            raise PlanError(f"cache {path} not found: run `{dump}` first, or use --mode online / sft")
+        wf.models.student = init.path if Path(init.path, "config.json").is_file() else wf.models.student
+        reader = CacheReader(path)
+        check_store(wf, run.subset, reader)
+        run.cache_matched[stage] = check_token_hashes(wf, run.subset, stage, path)
+        run.cache = f"{path}: {len(reader.sample_ids)} samples, provenance matches this run"
 
 
 def student_train(
@@ -93,6 +85,7 @@ def student_train(
 ) -> None:
     """Phase 2: train the student with DeepSpeed ZeRO-2 from the cached targets."""
     from pipeline.workflow import load_workflow  # noqa: PLC0415
+    from student_train.plan import PlanError, plan_run, stage_init  # noqa: PLC0415  (pyarrow: not at CLI start)
 
     wf = load_workflow(workflow)
     if stage not in (*STAGES, "all"):
@@ -107,24 +100,29 @@ def student_train(
     out_dir = Path(out or wf.train.out_dir)
     stages = list(STAGES) if stage == "all" else [stage]
     nprocs = _num_procs(num_gpus, wf.train.num_procs)
-    runs = []  # check every stage before the first one starts
-    for st in stages:
-        st_init = _stage_init(st, stages, init, out_dir, wf.models.student)
-        ds = _preflight(wf, subset, st, mode, st_init, nprocs, resume, out_dir)
-        args = RunArgs(workflow=workflow, subset=subset, stage=st, init=st_init, out=str(out_dir), mode=mode,
+    inits = {st: stage_init(st, stages, init, out_dir, wf) for st in stages}
+    try:  # check every stage before the first one starts: configs, tokenizers, samples, batches, cache
+        run = plan_run(wf, subset, mode, inits, nprocs * num_nodes, out_dir, max_steps=max_steps, dry_run=dry_run)
+        for sp in run.stages:
+            _preflight(wf, run, sp.stage, sp.init, resume, out_dir, dry_run)
+    except PlanError as exc:
+        typer.echo(f"student-train: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    for sp in run.stages:
+        args = RunArgs(workflow=workflow, subset=subset, stage=sp.stage, init=sp.init.path, out=str(out_dir), mode=mode,
                        preset=preset, resume=resume, max_steps=max_steps, seed=seed, export_dtype=export_dtype)
-        runs.append((st, st_init, ds, launcher_command(args, nprocs, num_nodes, hostfile, extra=launcher_args)))
+        sp.command = launcher_command(args, nprocs, num_nodes, hostfile, extra=launcher_args)
+    if dry_run:
+        typer.echo(run.describe())
+        return
     from student_train.checkpoint import stage_state  # noqa: PLC0415
 
-    for st, st_init, ds, cmd in runs:
-        if dry_run:
-            typer.echo(json.dumps({"stage": st, "init": st_init, "ranks_per_node": nprocs, "deepspeed_config": ds}, indent=2))
-            typer.echo(shlex.join(cmd))
-            continue
+    for sp in run.stages:
+        st, cmd = sp.stage, sp.command
         if resume and stage_state(out_dir / st) == "done":
             typer.echo(f"[student-train] {st}: already exported to {out_dir / st / 'final'}; skipping", err=True)
             continue
-        typer.echo(f"[student-train] {st}: {nprocs} rank(s)/node, init {st_init}, out {out_dir / st}", err=True)
+        typer.echo(f"[student-train] {st}: {nprocs} rank(s)/node, init {sp.init.path}, out {out_dir / st}", err=True)
         rc = subprocess.call(cmd, env=launcher_env(nprocs))
         if rc != 0:
             typer.echo(f"[student-train] {st} failed (exit {rc}); the error is in the rank output above", err=True)

@@ -31,7 +31,7 @@ def teacher_dump(
 
     try:
         wf = load_workflow(workflow)
-        job = check_inputs(wf, subset, workers=workers, batch_size=batch_size)
+        job = check_inputs(wf, subset, workers=workers, batch_size=batch_size, dry_run=dry_run)
         dump(job, address=ray_address, dry_run=dry_run, progress=progress, log=lambda m: typer.echo(m, err=True))
     except (WorkflowError, DumpInputError, DumpError, CacheError) as exc:
         typer.echo(f"teacher-dump: {exc}", err=True)

@@ -23,9 +23,10 @@ from typing import Callable, Iterator
 from tqdm import tqdm
 
 from cache_schema import CacheStore, FinalizeReport
+from pipeline.preflight import format_counts, human_bytes, manifest_counts
 from teacher_dump.actor import TeacherWorker, WorkerSpec, read_failures
 from teacher_dump.plan import Plan, Unit, make_plan, plan_digest, projected_bytes
-from teacher_dump.validate import DumpInputError, DumpJob
+from teacher_dump.validate import NOT_HASHED, DumpInputError, DumpJob
 
 UNITS_IN_FLIGHT = 2  # per actor: one computing, one committing (the actor's max_concurrency)
 PLAN_FILE = "plan.json"
@@ -66,19 +67,25 @@ def plan_job(job: DumpJob) -> Plan:
 
 
 def describe(job: DumpJob, plan: Plan, complete: int) -> str:
-    """The --dry-run summary."""
+    """The --dry-run summary: the teacher (from its config), the tokenizer check, the manifest's
+    samples per stage and subset, the units and actors, the targets and the projected size."""
     size = projected_bytes(plan, job.provenance)
-    gib = lambda b: f"{b / 2**30:.3f} GiB" if b >= 2**28 else f"{b / 2**20:.2f} MiB"  # noqa: E731
     p = job.provenance
+    counts = manifest_counts(job.wf.data.manifest, job.wf.data.subsets)
+    teacher = job.teacher.summary() if job.teacher is not None else "(config not read)"
     lines = [
         f"teacher-dump plan: subset {job.subset!r} of {job.wf.data.manifest} -> {job.store_path}",
+        f"  teacher {job.teacher.label if job.teacher else 'models.teacher'} = {job.teacher_dir}: {teacher}",
+        f"  tokenizer: {job.vocab}",
+        f"  manifest samples per stage and subset: {format_counts(counts)}",
         f"  samples {plan.n_samples}   unique images {plan.n_images}   embedded tokens {plan.n_tokens}",
         f"  units {len(plan.units)} of ≤{job.unit_size} samples ({complete} complete, {len(plan.units) - complete} to run)",
         f"  actors {job.workers} × ({job.num_cpus:g} CPU, {job.num_gpus:g} GPU), batch {job.batch_size}, dtype {job.dtype}",
         f"  targets: attn {', '.join(p.attn_blocks)} [{p.encoding.attn}], focus k={p.focus_k}, "
         f"top-{p.logits_topk} logprobs [{p.encoding.logprobs}], projector tokens [{p.encoding.vision}]",
-        "  projected size before compression: " + ", ".join(f"{k} {gib(v)}" for k, v in size.items()),
+        "  projected size before compression: " + ", ".join(f"{k} {human_bytes(v)}" for k, v in size.items()),
     ]
+    lines += [f"  note: {n}" for n in job.notes]
     return "\n".join(lines)
 
 
@@ -256,5 +263,8 @@ def dump(job: DumpJob, address: str | None = None, dry_run: bool = False, progre
         complete = sum(1 for u in plan.units if store.is_unit_complete(u.unit_id)) if store else 0
         log(describe(job, plan, complete))
         return None
+    if job.provenance.teacher_fingerprint == NOT_HASHED:  # a store must never carry a dry run's provenance
+        raise DumpInputError("this job was checked for a dry run (teacher weights not hashed): "
+                             "check_inputs(..., dry_run=False) before dumping")
     rep = run_units(job, plan, address=address, progress=progress, log=log, on_unit=on_unit)
     return finalize(job, plan, rep, log=log)

@@ -2,15 +2,20 @@
 
 All problems are collected and reported at once (torchtune's `tune validate` habit), each naming
 the file or config key and the fix: the manifest and its subset, the tokenizer the manifest was
-built with vs `data.tokenizer`, the teacher checkpoint's shape vs the manifest's vision tokens,
-the images on disk, the `dump:`/`cache:` settings, and, when a store already exists, its
-provenance (resume only into a store made by the same teacher/tokenizer/subset/encoding).
+built with vs `data.tokenizer`, one vocabulary for data.tokenizer, the teacher and (when present)
+the student (`pipeline.preflight`, shared with student-train), the teacher checkpoint's shape vs
+the manifest's vision tokens, the images on disk, the `dump:`/`cache:` settings, and, when a
+store already exists, its provenance (resume only into a store made by the same
+teacher/tokenizer/subset/encoding).
+
+A dry run (`dry_run=True`) checks the same from config.json and tokenizer files alone: missing
+weight files become a note, and the weights are not hashed unless a store exists to resume into.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -18,6 +23,7 @@ import pyarrow.compute as pc
 from cache_schema import CacheStore, CacheError, Encoding, Provenance
 from cache_schema.provenance import check_provenance
 from pipeline.fingerprint import checkpoint_fingerprint, config_fingerprint, tokenizer_fingerprint
+from pipeline.preflight import ModelInfo, check_vocab, inspect_model
 from pipeline.workflow import CacheConfig, Workflow, WorkflowError
 from teacher_dump.manifest import SubsetRows, read_subset, subset_fingerprint
 
@@ -26,6 +32,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 _ATTN = {"float32": "f32", "float16": "f16", "uint8": "u8", "uint8sqrt": "u8sqrt"}
 _LOGPROB = {"float32": "f32", "float16": "f16"}
 _VISION = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+NOT_HASHED = "not-hashed-in-dry-run"  # teacher_fingerprint of a dry run's provenance (weights unread)
 
 
 class DumpInputError(ValueError):
@@ -53,6 +60,9 @@ class DumpJob:
     capture_layers: tuple[str, ...] = ("first",)
     capture_blocks: tuple[str, ...] = ("tv",)
     resume: bool = False  # the store exists already (its provenance matched)
+    teacher: ModelInfo | None = None  # the teacher as its config describes it (for the plan)
+    vocab: str = ""  # the tokenizer check's summary line
+    notes: list[str] = field(default_factory=list)  # what a dry run let pass but a real run needs
 
 
 def encoding_from_cache(cache: CacheConfig) -> Encoding:
@@ -104,18 +114,20 @@ def _check_dump_section(wf: Workflow, workers: int, batch_size: int, problems: l
         problems.append("dump.dtype=float16 needs GPU actors (dump.num_gpus_per_worker > 0); on CPU use float32 or bfloat16")
 
 
-def _check_teacher(teacher: Path, meta: dict, problems: list[str]) -> object | None:
-    """The teacher's config (None when unusable; problems appended)."""
-    from pipeline.models import ModelConfigError, load_config
+def _check_teacher(teacher: Path, label: str, meta: dict, problems: list[str], notes: list[str],
+                   dry_run: bool) -> ModelInfo | None:
+    """The teacher as its config describes it (None when unusable; problems appended). No weight
+    files is a problem, or in a dry run a note (the dry run never opens them)."""
     from pipeline.models.config import projector_grid
 
-    try:
-        cfg = load_config(teacher)
-    except (ModelConfigError, OSError, ValueError) as exc:
-        problems.append(f"models.teacher ({teacher}): {exc}")
+    info = inspect_model(teacher, label, problems)
+    if info is None:
         return None
-    if not any(p.suffix in (".safetensors", ".bin") for p in teacher.iterdir()):
-        problems.append(f"models.teacher ({teacher}): no weight files (*.safetensors / *.bin)")
+    cfg = info.config
+    if not info.weight_bytes:
+        msg = f"{label} ({teacher}): no weight files (*.safetensors / *.bin)"
+        (notes if dry_run else problems).append(msg + ("; the dry run read config.json only, the dump needs them"
+                                                       if dry_run else ""))
     nv = projector_grid(cfg) ** 2
     if meta.get("num_vision_tokens") != nv:
         problems.append(
@@ -123,7 +135,21 @@ def _check_teacher(teacher: Path, meta: dict, problems: list[str]) -> object | N
             f"built for num_vision_tokens={meta.get('num_vision_tokens')}: set models.num_vision_tokens to {nv} "
             f"and rebuild the manifest (`alignkd data build`), or point models.teacher at the right checkpoint"
         )
-    return cfg
+    return info
+
+
+def _check_tokenizers(wf: Workflow, tok: Path, teacher: ModelInfo | None, problems: list[str],
+                      notes: list[str]) -> str:
+    """One vocabulary for data.tokenizer, the teacher and the student (when its directory is at
+    hand: the dump does not need it, but a cache its tokenizer cannot read is useless)."""
+    student = None
+    if Path(wf.models.student).expanduser().is_dir():
+        student_problems: list[str] = []
+        student = inspect_model(wf.models.student, wf.label("models.student"), student_problems)
+        notes += [f"{p} (the dump does not need the student; student-train will refuse it)" for p in student_problems]
+    line, bad = check_vocab(tok, wf.label("data.tokenizer"), [teacher, student])
+    problems += bad
+    return line
 
 
 def _check_images(rows: SubsetRows, problems: list[str]) -> None:
@@ -138,9 +164,12 @@ def _check_images(rows: SubsetRows, problems: list[str]) -> None:
                         "(mount the image folders, or rebuild the manifest)")
 
 
-def check_inputs(wf: Workflow, subset: str, workers: int | None = None, batch_size: int | None = None) -> DumpJob:
-    """Validate everything (no Ray, no model weights loaded) → DumpJob; DumpInputError otherwise."""
+def check_inputs(wf: Workflow, subset: str, workers: int | None = None, batch_size: int | None = None,
+                 dry_run: bool = False) -> DumpJob:
+    """Validate everything (no Ray, no model weights loaded) → DumpJob; DumpInputError otherwise.
+    dry_run: weights may be absent (a note) and are not hashed unless a store exists."""
     problems: list[str] = []
+    notes: list[str] = []
     try:
         limit = wf.subset_limit(subset)
     except WorkflowError as exc:
@@ -156,7 +185,8 @@ def check_inputs(wf: Workflow, subset: str, workers: int | None = None, batch_si
 
     manifest = _abs(wf.data.manifest)
     if not manifest.is_file():
-        raise DumpInputError(f"data.manifest: no manifest at {manifest}; build it with `alignkd data build --workflow {wf.source}`")
+        raise DumpInputError(f"{wf.label('data.manifest')}: no manifest at {manifest}; "
+                             f"build it with `alignkd data build --workflow {wf.source}`")
     try:
         rows = read_subset(manifest, subset)
     except ValueError as exc:
@@ -172,23 +202,16 @@ def check_inputs(wf: Workflow, subset: str, workers: int | None = None, batch_si
     try:
         tok_fp = tokenizer_fingerprint(tok)
     except FileNotFoundError as exc:
-        problems.append(f"data.tokenizer: {exc}")
+        problems.append(f"{wf.label('data.tokenizer')}: {exc}")
     if tok_fp and meta.get("tokenizer_fingerprint") != tok_fp:
         problems.append(
             f"the manifest was tokenised with tokenizer {meta.get('tokenizer_fingerprint')} but data.tokenizer ({tok}) "
             f"is {tok_fp}: rebuild the manifest with the teacher's tokenizer"
         )
     teacher = _abs(wf.models.teacher)
-    if not teacher.is_dir():
-        problems.append(f"models.teacher: no checkpoint directory at {teacher}")
-        cfg = None
-    else:
-        cfg = _check_teacher(teacher, meta, problems)
-        try:  # a teacher shipping its own tokenizer must agree with data.tokenizer
-            if tok_fp and tokenizer_fingerprint(teacher) != tok_fp:
-                problems.append(f"models.teacher ({teacher}) carries a tokenizer that differs from data.tokenizer ({tok})")
-        except FileNotFoundError:
-            pass
+    info = _check_teacher(teacher, wf.label("models.teacher"), meta, problems, notes, dry_run)
+    cfg = info.config if info is not None else None
+    vocab = _check_tokenizers(wf, tok, info, problems, notes)
     _check_images(rows, problems)
     if cfg is not None and rows.table.num_rows:
         top = pc.max(pc.list_flatten(rows.table.column("input_ids"))).as_py()
@@ -198,11 +221,15 @@ def check_inputs(wf: Workflow, subset: str, workers: int | None = None, batch_si
 
     layers = tuple(dict.fromkeys(wf.cache.layers))
     blocks = tuple(dict.fromkeys(wf.cache.blocks))
+    store = _abs(str(wf.cache_path(subset)))
+    resume = (store / "zarr.json").is_file()
     prov = None
     if cfg is not None and encoding is not None and tok_fp and not problems:
+        # hashing reads every weight (~1 min for 14 GB): a dry run does it only to check a resume
+        hashed = not dry_run or (resume and info.weight_bytes > 0)
         try:
             prov = Provenance(
-                teacher_fingerprint=checkpoint_fingerprint(teacher),
+                teacher_fingerprint=checkpoint_fingerprint(teacher) if hashed else NOT_HASHED,
                 teacher_config_fingerprint=config_fingerprint(teacher),
                 tokenizer_fingerprint=tok_fp,
                 manifest_fingerprint=subset_fingerprint(rows.table),
@@ -218,11 +245,13 @@ def check_inputs(wf: Workflow, subset: str, workers: int | None = None, batch_si
         raise DumpInputError(f"{wf.source or 'workflow'}: cannot dump subset {subset!r}, {len(problems)} problem(s):\n  - "
                              + "\n  - ".join(problems))
 
-    store = _abs(str(wf.cache_path(subset)))
-    resume = (store / "zarr.json").is_file()
     if resume:  # the resume rule: same teacher, tokenizer, manifest subset, top-k, encoding, ...
+        expect = prov.identity()
+        if expect["teacher_fingerprint"] == NOT_HASHED:  # a dry run without the weights: compare the rest
+            del expect["teacher_fingerprint"]
+            notes.append(f"the teacher's weights were not hashed: {store}'s teacher_fingerprint is checked by the dump")
         try:
-            check_provenance(f"existing cache {store}", prov.identity(), CacheStore.open(store).provenance)
+            check_provenance(f"existing cache {store}", expect, CacheStore.open(store).provenance)
         except CacheError as exc:
             raise DumpInputError(f"{exc}\n(resuming into {store} needs the provenance it was created with; "
                                  f"move it aside or set cache.dir to start a new cache)") from None
@@ -234,5 +263,5 @@ def check_inputs(wf: Workflow, subset: str, workers: int | None = None, batch_si
         teacher_dir=teacher, rows=rows, provenance=prov, workers=workers, batch_size=batch_size,
         unit_size=d.unit_size, dtype=d.dtype, num_gpus=d.num_gpus_per_worker, num_cpus=d.num_cpus_per_worker,
         max_retries=d.max_retries, capture_layers=tuple(dict.fromkeys(("first",) + layers)),
-        capture_blocks=tuple(dict.fromkeys(("tv",) + blocks)), resume=resume,
+        capture_blocks=tuple(dict.fromkeys(("tv",) + blocks)), resume=resume, teacher=info, vocab=vocab, notes=notes,
     )
