@@ -3,18 +3,20 @@ questions, the tokenizer's corpus. Writing it to disk is `world.py`'s job."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.toy.records import Draft, draft, eval_record, pretrain_record
+from pipeline.constants import IMAGE_PLACEHOLDER
+from pipeline.toy.records import LONG_INSTRUCTIONS, Draft, draft, eval_record, pretrain_record
 from pipeline.toy.render import png_bytes, render
-from pipeline.toy.scenes import Scene, sample_scene
+from pipeline.toy.scenes import Scene, detailed_description, sample_scene
 from pipeline.toy.tasks import IMAGE_TASKS
 from pipeline.workflow import Workflow, WorldConfig
 
-GENERATOR_VERSION = 1  # bump when the same seed would produce a different world
+GENERATOR_VERSION = 2  # bump when the same spec would produce different bytes (stale worlds then need --force)
 # independent RNG streams (numpy seeds from [seed, stream, index]) so that changing one count
 # does not reshuffle everything else
 _S_TRAIN_SCENE, _S_EVAL_SCENE, _S_RENDER, _S_PRETRAIN, _S_FINETUNE, _S_EVAL, _S_PLAN = range(7)
@@ -53,6 +55,11 @@ class WorldSpec:
                    w.n_finetune, w.n_eval, w.long_fraction, w.tokenizer_vocab, wf.models.num_vision_tokens,
                    limits[0], limits[-1]).checked()
 
+    @property
+    def projector_grid(self) -> int:
+        """Side of the square vision-token grid the toy projector pools to."""
+        return math.isqrt(self.num_vision_tokens)
+
     def checked(self) -> "WorldSpec":
         """Self, or WorldError listing every out-of-range value of the world: section."""
         bad = [f"world.{k}={getattr(self, k)} (must be >= 1)" for k in
@@ -61,6 +68,9 @@ class WorldSpec:
             bad.append(f"world.image_size={self.image_size} (must be >= 24 so that small shapes have pixels)")
         if not 0.0 <= self.long_fraction <= 1.0 - TEXT_FRACTION - MULTI_FRACTION:
             bad.append(f"world.long_fraction={self.long_fraction} (must be in [0, {1 - TEXT_FRACTION - MULTI_FRACTION:.2f}])")
+        if self.projector_grid**2 != self.num_vision_tokens or not 1 <= self.projector_grid <= 16:
+            bad.append(f"models.num_vision_tokens={self.num_vision_tokens} (the toy projector pools the 16 x 16 patch "
+                       "grid to G x G: use a square, 1 .. 256)")
         if bad:
             raise WorldError("invalid world config: " + "; ".join(bad))
         return self
@@ -122,6 +132,17 @@ def make_eval(spec: WorldSpec, held: list[Scene]) -> list[dict]:
         else:
             raise WorldError(f"no held-out image has a {task!r} question: raise world.n_eval_images")
     return out
+
+
+def make_eval_captions(spec: WorldSpec, held: list[Scene]) -> list[dict]:
+    """One "describe the image" request per held-out image (template v1, the fine-tuned models'
+    format; the answer names every object's shape, colour, size and place): `alignkd eval` measures
+    how much a model's loss on the answer rises when it is shown another image, i.e. how much it
+    reads the image at all."""
+    return [{"id": f"evdesc-{i:05d}", "image": s.image,
+             "conversations": [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{LONG_INSTRUCTIONS[i % len(LONG_INSTRUCTIONS)]}"},
+                               {"from": "gpt", "value": detailed_description(s)}]}
+            for i, s in enumerate(held)]
 
 
 def tokenizer_corpus(pretrain: list[dict], drafts: list[Draft], boilerplate: list[str]) -> list[str]:

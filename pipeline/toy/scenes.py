@@ -32,6 +32,11 @@ SIZES = ("big", "small")
 ROWS = ("top", "middle", "bottom")
 COLS = ("left", "center", "right")
 MAX_OBJECTS = 4
+# P(1..4 objects). Skewed to few objects on purpose: on a one-object image "what colour / shape /
+# size" is answered by the image as a whole (a mean over the vision tokens suffices), the
+# strongest and earliest grounding signal a from-scratch toy model gets; binding, position,
+# counting and comparing over 2-4 objects need selective attention and come later.
+N_OBJECTS_P = (0.4, 0.3, 0.2, 0.1)
 TEXTURES = ("plain", "striped", "speckled")
 
 
@@ -84,7 +89,7 @@ def cell_phrase(row: int, col: int) -> str:
 
 def sample_scene(rng: np.random.Generator, image: str, image_size: int) -> Scene:
     """One random scene; every choice comes from `rng` so a seed fixes the scene."""
-    n = int(rng.integers(1, MAX_OBJECTS + 1))
+    n = 1 + int(rng.choice(MAX_OBJECTS, p=N_OBJECTS_P))
     cells = rng.choice(GRID * GRID, size=n, replace=False)
     # distinct (colour, shape) pairs; colours repeat on purpose (e.g. a red circle and a red
     # square) so that shape and colour must be bound to answer "is there a red square?"

@@ -7,30 +7,43 @@ Layout of `<world>` (= `wf.world.dir`):
     data/pretrain.json         captions (template plain)
     data/finetune.json         QA: single-turn, multi-turn, long, text-only (template v1)
     data/eval.json             one-word QA on held-out images, with `task` and `answer`
+    data/eval_captions.json    "describe the image" per held-out image (template v1): the image-use measure
     tokenizer/                 BPE tokenizer (AutoTokenizer-loadable)
-    vision_tower/              toy CLIP vision config (+ the frozen weights shared by both models)
-    teacher_init/ student_init/  random MobileVLM-layout checkpoints (4×256×8 / 2×128×4)
+    vision_tower/              toy CLIP vision config (each checkpoint carries a copy in its own vision_tower/)
+    teacher_init/ student_init/  random MobileVLM-layout checkpoints (4×256×8 / 2×128×4) with identical
+                               frozen CLIP weights and a copy of the tokenizer
 
-Sizing (the defaults of `WorldConfig`, chosen for `make demo` ≈ 10 min on 2 shared CPU cores):
-* 64 vision tokens + ≲100 text tokens per sample on a 4×256 teacher costs a few ms per sample
-  forward+backward on CPU, so the teacher's whole budget is a few thousand sample-passes: 600
-  training images, 600 captions and 1200 fine-tuning records (≈ 2 epochs of each fit in the
-  teacher's ~3 minutes), and 200 eval questions on 100 held-out images (eval is short greedy
-  generation, cheap).
-* The tasks are easy to state and hard to ground (see `tasks.py`): colour/shape/size need one
-  object, but counting, position, binding (hard-negative "is there a red square?") and size
-  comparison need the text to attend to the right vision tokens. A 2×128×4-head student with the
-  same small budget learns the answer format and the easy tasks; the teacher's extra depth and
-  width is what solves the grounding tasks, and that gap (and its first-layer text→vision
-  attention) is what Align-KD transfers.
-* The answer prior is flat by construction, so the image-blind ceiling (`blind_accuracy` in the
-  stats) stays far below what grounding reaches.
-* Images are reused (pretrain captions each image once, fine-tuning draws ≈ 2 records per image
-  with replacement), so some images have one sample and many have several: the cache stores
-  projector tokens once per unique image.
-* `long_fraction` of the fine-tuning records are fitted (by their number of turns) to lie between
-  the short and the long subset limit, so exactly that share is Long-only.
-Generation takes a few seconds: tokenizer training and model init dominate.
+Sizing (workflows/toy.yaml; `make demo` should take ~10 min on 2 CPU cores). Measured on this
+project's 2-core machine with `python -m benchmarks.grounding_onset` (one thread, batch 16):
+* 16 vision tokens (the projector pools the 16 x 16 CLIP patches to 4 x 4): with 64 a toy step cost
+  ~2x as much and the first signs of reading the image came later; 16 tokens still resolve the 3 x 3
+  object grid (each object covers 1-4 tokens).
+* cost per optimiser step: teacher (4x256) ≈ 0.65 s on captions, ≈ 0.8-1.4 s on QA (Short/Long);
+  student (2x128) ≈ 0.25 s; 2 DeepSpeed ranks roughly halve the wall time of either.
+* when a from-scratch toy VLM starts to read the image, measured as the held-out caption loss with
+  the wrong image minus with the right one (`image_use` in pipeline/evaluation.py), on plain-
+  template captions: student at lr 1e-3 after ~125 steps (gap 0.59 nats/token at 300); teacher at
+  lr 5e-4 after ~100, at 1e-3 after ~200, at 2e-3 not within 300 (hence demo.teacher_lr).
+* one-word QA is much slower: exact match stays at the image-blind level (`blind_accuracy` in the
+  stats, ~0.39) for both models through 300-400 fine-tuning steps even after caption grounding;
+  the student's colour answers rise only after ~400 (lr 2e-3) to ~600 (lr 1e-3) steps. The
+  answer's few grounded tokens are a weak signal compared with a caption's. So at demo budgets the
+  visible teacher-student difference is in image use on captions, not yet in QA accuracy.
+* 2,000 training images, 2,000 captions and 4,000 fine-tuning records (3,400 in Short): the
+  students see Short once (≈ 125 + 212 steps); the Short dump is ≈ 5,400 samples.
+* 350 eval questions (50 per task type, ±7 points per task) and one description per held-out
+  image (150) for image use, on 150 held-out images.
+* task difficulty (see `tasks.py`): colour/shape/size of a named object need one object's
+  features, but counting, position, binding (hard-negative "is there a red square?") and size
+  comparison need the text to attend to the right vision tokens.
+* the answer prior is flat by construction, so the image-blind ceiling stays far below what
+  grounding reaches.
+* images are reused (captions each image once, fine-tuning draws ≈ 2 records per image with
+  replacement): some images have one sample, most several, so projector tokens are cached once
+  per unique image.
+* `long_fraction` of the fine-tuning records are fitted (by their number of turns) between the
+  short and the long subset limit, so exactly that share is Long-only.
+Generation: ~10 s of CPU (imports of torch/transformers included); the world is ~20 MB.
 """
 
 from __future__ import annotations
@@ -50,6 +63,7 @@ from pipeline.toy.generate import (
     WorldSpec,
     make_drafts,
     make_eval,
+    make_eval_captions,
     make_pretrain,
     make_scenes,
     render_images,
@@ -76,8 +90,9 @@ def build_world(wf: Workflow, out: str | Path | None = None, force: bool = False
         meta = json.loads((out / WORLD_JSON).read_text())
         return {**meta, "up_to_date": True}
     if state in ("different", "foreign") and not force:
-        what = "a world of a different spec" if state == "different" else "files that are not a toy world"
-        raise WorldError(f"{out} holds {what}; rerun with --force to replace it, or choose another --out")
+        what = f"a different world ({spec_diff(out, spec)})" if state == "different" else "files that are not a toy world"
+        raise WorldError(f"{out} holds {what}; rerun with --force to replace it (what was built from it, e.g. "
+                         f"the manifest and the teacher, is then stale too), or choose another --out")
     stage = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
@@ -106,6 +121,13 @@ def existing_state(out: Path, spec: WorldSpec) -> str:
     return "intact"
 
 
+def spec_diff(out: Path, spec: WorldSpec) -> str:
+    """'key: old -> new' for every spec field that differs from the world in `out`."""
+    old = json.loads((out / WORLD_JSON).read_text()).get("spec", {})
+    new = asdict(spec)
+    return ", ".join(f"{k}: {old.get(k)} -> {v}" for k, v in new.items() if old.get(k) != v)
+
+
 def _generate(spec: WorldSpec, d: Path, log_: Callable[[str], None]) -> dict:
     t0 = time.perf_counter()
     log = lambda s: log_(f"[{time.perf_counter() - t0:5.1f} s] {s}")  # noqa: E731
@@ -122,10 +144,11 @@ def _generate(spec: WorldSpec, d: Path, log_: Callable[[str], None]) -> dict:
 
     finetune = _fit_finetune(spec, drafts, tok)
     (d / "data").mkdir()
-    for name, recs in (("pretrain", pretrain), ("finetune", finetune), ("eval", evals)):
+    sets = (("pretrain", pretrain), ("finetune", finetune), ("eval", evals), ("eval_captions", make_eval_captions(spec, held)))
+    for name, recs in sets:
         (d / "data" / f"{name}.json").write_bytes(_json_bytes(recs))
     (d / "scenes.json").write_bytes(_json_bytes({s.image: s.to_json() for s in train + held}))
-    dirs = assets.write_models(d, d / "tokenizer", len(tok), spec.seed)
+    dirs = assets.write_models(d, d / "tokenizer", len(tok), spec.seed, spec.projector_grid)
     for k in ("teacher_init", "student_init"):  # the lengths above assumed this many
         if (n := assets.vision_tokens_of(dirs[k])) != spec.num_vision_tokens:
             raise WorldError(f"{k} emits {n} vision tokens but the workflow's models.num_vision_tokens is "

@@ -190,3 +190,36 @@ def test_cli_writes_prints_and_refuses(tmp_path):
     wf.write_text(body.format(d=tmp_path / "w", s=1))
     res = runner.invoke(app, ["toy", "world", "--workflow", str(wf)])
     assert res.exit_code == 1 and "--force" in res.output
+
+
+def test_eval_descriptions_one_per_held_out_image_in_the_v1_describe_form(world):
+    scenes = json.loads((world / "scenes.json").read_text())
+    ev, desc = load(world, "eval"), load(world, "eval_captions")
+    held = sorted(k for k in scenes if k.startswith("eval_"))
+    assert [r["image"] for r in desc] == held  # every held-out image once, none from training
+    assert {r["image"] for r in ev} <= set(held)
+    for r in desc:
+        human, answer = (c["value"] for c in r["conversations"])
+        assert human.startswith("<image>\n") and "descri" in human.lower()
+        for o in scenes[r["image"]]["objects"]:  # the answer names every object, fully grounded
+            assert o["colour"] in answer and o["shape"] in answer and o["size"] in answer
+
+
+@pytest.mark.parametrize("tokens", [16, 36])
+def test_the_projector_grid_follows_models_num_vision_tokens(tmp_path, tokens):
+    from pipeline.models.config import load_config, projector_grid
+
+    small = dict(SMALL, n_images=6, n_pretrain=6, n_finetune=20, n_eval=7, n_eval_images=4)
+    wf = Workflow(world=WorldConfig(**small), data=DataConfig(subsets={"short": 160, "long": 320}),
+                  models=ModelsConfig(num_vision_tokens=tokens))
+    build_world(wf, tmp_path / "w")
+    for k in ("teacher_init", "student_init"):
+        assert projector_grid(load_config(tmp_path / "w" / k)) ** 2 == tokens
+
+
+def test_a_token_count_the_projector_cannot_pool_to_is_refused(tmp_path):
+    wf = Workflow(world=WorldConfig(**SMALL), data=DataConfig(subsets={"short": 160, "long": 320}),
+                  models=ModelsConfig(num_vision_tokens=20))
+    with pytest.raises(WorldError, match="num_vision_tokens=20"):
+        build_world(wf, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
