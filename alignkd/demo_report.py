@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 MODELS = ("teacher", "sft", "alignkd")
-LABELS = {"teacher": "teacher (sft, Long)", "sft": "SFT student", "alignkd": "Align-KD student"}
+LABELS = {"teacher": "toy teacher (sft)", "sft": "SFT student", "alignkd": "Align-KD student"}
 LOSS_TERMS = ("loss", "sup", "rkl", "attn", "focus", "all_tokens")
 
 
@@ -72,11 +72,22 @@ def write_report(report: Path, models: dict[str, Path], students: Path, heatmaps
     gain = acc["alignkd"]["overall"] - acc["sft"]["overall"]
     verdict = (f"Teacher − SFT student = {gap:+.3f} (what distillation could close); "
                f"Align-KD − SFT student = {gain:+.3f} on {acc['sft']['n']} held-out questions.")
+    use = {m: acc[m].get("image_use") for m in MODELS}
+    use_rows = []
+    if all(use.values()):
+        n_cap = use["teacher"]["n_captions"]
+        use_rows = ["## Image use (held-out descriptions)", "",
+                    f"Loss (nats/token) of each model on the description of each of {n_cap} held-out images "
+                    "(\"describe the image\"), shown that image and another one; the gap is how much its text "
+                    "depends on the image (0: image-blind). It moves before exact match does.", "",
+                    "| model | own image | other image | gap |", "|---|---|---|---|",
+                    *[f"| {LABELS[m]} | {use[m]['loss_own_image']:.3f} | {use[m]['loss_other_image']:.3f} | "
+                      f"**{use[m]['gap']:+.3f}** |" for m in MODELS], ""]
     md = [
         "# alignkd demo report", "",
         f"Whole pipeline in {seconds / 60:.1f} min. Models: " + ", ".join(f"`{p}`" for p in models.values()), "",
         "## Held-out exact match", "", *rows, "", verdict, "",
-        "![accuracy](accuracy.png)", "", "## Training losses", "", "![losses](losses.png)", "",
+        "![accuracy](accuracy.png)", "", *use_rows, "## Training losses", "", "![losses](losses.png)", "",
         "## Teacher first-layer T→V attention over the image (from the cache; focus tokens marked)", "",
         *[f"![{p.stem}]({p.name})" for p in heatmaps], "",
         "## Layer probe of the teacher (paper §3.1, Figure 2)", "", "![probe](probe_teacher/layers.png)", "",
@@ -85,4 +96,6 @@ def write_report(report: Path, models: dict[str, Path], students: Path, heatmaps
     ]
     (report / "summary.md").write_text("\n".join(md))
     (report / "summary.json").write_text(json.dumps({"accuracy": acc, "steps": steps, "seconds": seconds}, indent=2))
-    return "\n".join(rows) + "\n" + verdict
+    gaps = "" if not all(use.values()) else "\nimage-use gap (nats/token): " + ", ".join(
+        f"{LABELS[m]} {use[m]['gap']:+.3f}" for m in MODELS)
+    return "\n".join(rows) + "\n" + verdict + gaps

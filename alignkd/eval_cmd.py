@@ -19,7 +19,7 @@ def eval_model(
     """Evaluate MODEL on the workflow's held-out split; writes predictions.jsonl and summary.json."""
     from transformers import AutoTokenizer
 
-    from pipeline.evaluation import evaluate, summarise, write_predictions
+    from pipeline.evaluation import evaluate, image_use, summarise, write_predictions
     from pipeline.models import MobileVLM
     from pipeline.workflow import load_workflow
 
@@ -37,8 +37,18 @@ def eval_model(
     out = out or model / "eval"
     write_predictions(preds, out / "predictions.jsonl")
     summary = summarise(preds)
+    if wf.data.eval_captions is not None:  # image use on the held-out images' captions
+        caps = json.loads(Path(wf.data.eval_captions.json).read_text())
+        caps = caps[:limit] if limit else caps
+        if len(caps) >= 2:
+            summary["image_use"] = image_use(m, tok, caps, wf.data.eval_captions.image_root,
+                                             wf.data.eval_captions.template, batch_size or wf.eval.batch_size)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     typer.echo(f"{model}: exact match {summary['overall']:.3f} on {summary['n']} questions")
     for task, s in summary["per_task"].items():
         typer.echo(f"  {task:<12} {s['acc']:.3f}  (n={s['n']})")
+    if "image_use" in summary:
+        u = summary["image_use"]
+        typer.echo(f"  image use: caption loss {u['loss_own_image']:.3f} with its own image, {u['loss_other_image']:.3f} "
+                   f"with another: gap {u['gap']:+.3f} nats/token over {u['n_captions']} held-out captions")
     typer.echo(f"predictions: {out / 'predictions.jsonl'}")
