@@ -82,7 +82,8 @@ def demo(
         if out.exists():
             shutil.rmtree(out)
         run(f"train the {name} student ({mode} mode, {subset} subset)",
-            ["student-train", "--workflow", w, "--subset", subset, "--stage", "all", "--mode", mode, "--out", str(out)])
+            ["student-train", "--workflow", w, "--subset", subset, "--stage", "all", "--mode", mode, "--out", str(out),
+             "--num-procs", str(wf.demo.student_ranks)])
     models = {"teacher": Path(wf.models.teacher), "sft": students / "sft" / "finetune" / "final",
               "alignkd": students / "alignkd" / "finetune" / "final"}
     for name, path in models.items():
@@ -115,13 +116,16 @@ def prepare_teacher(run: _Runner, wf, w: str) -> None:
         t_run = Path(wf.run_dir) / "teacher_run"
         if t_run.exists():
             shutil.rmtree(t_run)
+        d = wf.demo
+        common = ["--workflow", w, "--subset", d.teacher_subset, "--mode", "sft", "--out", str(t_run),
+                  "--num-procs", str(d.teacher_ranks)]
+        common += ["--lr", str(d.teacher_lr)] if d.teacher_lr else []
+        common += ["--projector-lr", str(d.teacher_projector_lr)] if d.teacher_projector_lr else []
         run("train the toy teacher (sft, pre-training stage)",
-            ["student-train", "--workflow", w, "--subset", wf.demo.teacher_subset, "--stage", "pretrain",
-             "--mode", "sft", "--init", teacher_init, "--out", str(t_run),
-             "--max-steps", str(wf.demo.teacher_pretrain_steps)])
+            ["student-train", *common, "--stage", "pretrain", "--init", teacher_init,
+             "--max-steps", str(d.teacher_pretrain_steps)])
         run("train the toy teacher (sft, fine-tuning stage)",
-            ["student-train", "--workflow", w, "--subset", wf.demo.teacher_subset, "--stage", "finetune",
-             "--mode", "sft", "--out", str(t_run), "--max-steps", str(wf.demo.teacher_finetune_steps)])
+            ["student-train", *common, "--stage", "finetune", "--max-steps", str(d.teacher_finetune_steps)])
         shutil.copytree(t_run / "finetune" / "final", wf.models.teacher)
 
 

@@ -58,6 +58,8 @@ class DatasetConfig:
 class DataConfig:
     datasets: list[DatasetConfig] = field(default_factory=list)
     eval: DatasetConfig | None = None
+    # captions of the held-out images: `alignkd eval` measures image use on them (optional)
+    eval_captions: DatasetConfig | None = None
     tokenizer: str = ""
     manifest: str = "runs/toy/manifest.parquet"
     rejects: str = "runs/toy/manifest.rejects.jsonl"
@@ -174,6 +176,12 @@ class DemoConfig:
     teacher_subset: str = "long"  # the teacher sees more data than the students (it must know more)
     teacher_pretrain_steps: int = 60
     teacher_finetune_steps: int = 300
+    # the teacher's learning rates (0: the train section's): a deeper, wider model wants a lower
+    # one (measured on the toy teacher, see pipeline/toy/world.py)
+    teacher_lr: float = 0.0
+    teacher_projector_lr: float = 0.0
+    teacher_ranks: int = 1  # DeepSpeed ranks for the teacher's training (each one CPU thread)
+    student_ranks: int = 1  # ... and for each student's
     student_subset: str = "short"
     eval_limit: int = 0  # 0: the whole held-out split
     heatmaps: int = 3  # T→V attention heatmaps drawn from the cache

@@ -75,6 +75,8 @@ def student_train(
     out: str = typer.Option(None, help="run directory (default train.out_dir); stage S writes <out>/S/, <out> gets the last export"),
     resume: bool = typer.Option(False, help="continue from the latest checkpoint of each stage (finished stages are skipped)"),
     max_steps: int = typer.Option(None, help="optimiser steps per stage (overrides train.<stage>.max_steps / epochs)"),
+    lr: float = typer.Option(None, help="LLM learning rate of every stage run (overrides train.<stage>.lr)"),
+    projector_lr: float = typer.Option(None, help="projector learning rate of every stage run (overrides train.<stage>.projector_lr)"),
     seed: int = typer.Option(None, help="default train.seed"),
     num_gpus: int = typer.Option(0, "--num-gpus", "--num-procs", help="ranks per node (0: train.num_procs, else every GPU, or 1 on CPU)"),
     num_nodes: int = typer.Option(1, help="nodes (with --hostfile)"),
@@ -99,6 +101,10 @@ def student_train(
         wf.train.loss.preset = "sft"
     out_dir = Path(out or wf.train.out_dir)
     stages = list(STAGES) if stage == "all" else [stage]
+    for st in stages:  # so that the plan shows them; the ranks get them as arguments
+        cfg = getattr(wf.train, st)
+        cfg.lr = cfg.lr if lr is None else lr
+        cfg.projector_lr = cfg.projector_lr if projector_lr is None else projector_lr
     nprocs = _num_procs(num_gpus, wf.train.num_procs)
     inits = {st: stage_init(st, stages, init, out_dir, wf) for st in stages}
     try:  # check every stage before the first one starts: configs, tokenizers, samples, batches, cache
@@ -110,7 +116,8 @@ def student_train(
         raise typer.Exit(code=1) from None
     for sp in run.stages:
         args = RunArgs(workflow=workflow, subset=subset, stage=sp.stage, init=sp.init.path, out=str(out_dir), mode=mode,
-                       preset=preset, resume=resume, max_steps=max_steps, seed=seed, export_dtype=export_dtype)
+                       preset=preset, resume=resume, max_steps=max_steps, lr=lr, projector_lr=projector_lr, seed=seed,
+                       export_dtype=export_dtype)
         sp.command = launcher_command(args, nprocs, num_nodes, hostfile, extra=launcher_args)
     if dry_run:
         typer.echo(run.describe())

@@ -35,6 +35,8 @@ class RunArgs:
     preset: str | None = None  # None: train.loss.preset
     resume: bool = False
     max_steps: int | None = None  # None: train.<stage>.max_steps (or epochs)
+    lr: float | None = None  # None: train.<stage>.lr
+    projector_lr: float | None = None  # None: train.<stage>.projector_lr
     seed: int | None = None  # None: train.seed
     export_dtype: str | None = None  # None: train.export_dtype
 
@@ -58,7 +60,7 @@ class RunArgs:
             if f.type == "bool":
                 p.add_argument(flag, action="store_true")
             else:  # annotations are strings here (postponed evaluation)
-                kind = int if f.type.startswith("int") else str
+                kind = int if f.type.startswith("int") else float if f.type.startswith("float") else str
                 p.add_argument(flag, type=kind, default=None, required=f.name in _REQUIRED)
         ns = vars(p.parse_args(argv))
         ns.pop("local_rank")

@@ -96,6 +96,10 @@ class StudentTrainRecipe:
         self.stage_cfg = getattr(t, args.stage)
         if args.max_steps is not None:
             self.stage_cfg.max_steps = args.max_steps
+        if args.lr is not None:
+            self.stage_cfg.lr = args.lr
+        if args.projector_lr is not None:
+            self.stage_cfg.projector_lr = args.projector_lr
         self.resolved = resolve_loss(t.loss)
         needs = self.resolved.teacher_targets()
         if t.mode == "sft" and (needs.attn or needs.focus or needs.vision_tokens or needs.logits):
