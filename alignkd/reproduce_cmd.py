@@ -43,6 +43,7 @@ from pathlib import Path
 import typer
 
 from alignkd.demo_cmd import _alignkd, _Runner, prepare_teacher
+from alignkd.reproduce_report import write_atomic, write_report
 
 QUICK = {"seeds": [0], "presets": ["sft", "all"], "max_steps": 2, "eval_limit": 16}
 HEARTBEAT_S = 60.0  # a progress line at least this often while runs are going
@@ -184,10 +185,12 @@ def check_finished(runs: list[Run], budget: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------- running
-def _env(jobs: int) -> dict[str, str]:
+def _env() -> dict[str, str]:
     env = dict(os.environ)
-    # each run's ranks and its eval get their share of the cores (launch.py sets 1 per rank too)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    # one OpenMP thread per rank and per eval, as launch.py does: parallelism comes from --jobs.
+    # Measured on the toy student: 2 threads per rank run a step in 0.2-0.3 s on an idle 2-core
+    # machine but in 4-7 s as soon as anything else runs (spin-waiting); 1 thread, ~1-2 s loaded.
+    env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
 
@@ -235,7 +238,7 @@ def execute(r: Run, max_steps: int, eval_limit: int, budget: dict, env: dict) ->
     r.dir.mkdir(parents=True, exist_ok=True)
     rec = {"run": r.name, "subset": r.subset, "preset": r.preset, "seed": r.seed, "budget": budget,
            "commands": ["alignkd " + shlex.join(r.train_args(max_steps)), "alignkd " + shlex.join(r.eval_args(eval_limit))]}
-    (r.dir / "reproduce_run.json").write_text(json.dumps(rec, indent=2))
+    write_atomic(r.dir / "reproduce_run.json", json.dumps(rec, indent=2))
     with open(r.dir / "log.txt", "a") as log:
         for what, args in (("train", r.train_args(max_steps)), ("eval", r.eval_args(eval_limit))):
             if what == "train" and (r.dir / "finetune" / "final" / "config.json").is_file():
@@ -248,7 +251,7 @@ def execute(r: Run, max_steps: int, eval_limit: int, budget: dict, env: dict) ->
             if rc != 0:
                 rec.update(rc=rc, failed=what)
                 break
-    (r.dir / "reproduce_run.json").write_text(json.dumps(rec, indent=2))
+    write_atomic(r.dir / "reproduce_run.json", json.dumps(rec, indent=2))
     return rec
 
 
@@ -273,7 +276,7 @@ def _fmt(secs: float) -> str:
 def run_all(todo: list[Run], total: int, jobs: int, max_steps: int, eval_limit: int, budget: dict,
             on_done) -> list[dict]:
     """Run `todo` on `jobs` workers, `on_done()` after each; returns the failed runs' records."""
-    env, t0 = _env(jobs), time.perf_counter()
+    env, t0 = _env(), time.perf_counter()
     say = lambda msg: typer.echo(f"[reproduce {_fmt(time.perf_counter() - t0)}] {msg}", err=True)  # noqa: E731
     started: dict[str, float] = {}  # run name -> when a worker took it
 
@@ -383,8 +386,6 @@ def reproduce(
     except BudgetMismatch as exc:
         typer.secho(f"reproduce: {out}: {exc}", fg="red", err=True)
         raise typer.Exit(code=2) from None
-
-    from alignkd.reproduce_report import write_report
 
     t_start = time.perf_counter()
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": command, "workflow": str(workflow),

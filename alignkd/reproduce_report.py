@@ -7,6 +7,7 @@ Rewritten after every finished run, so it always shows what is there; rows still
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -26,7 +27,18 @@ TABLE4 = [
     ("last", "A_tv, first + last layer", 64.1),
 ]
 # (subset, preset, Align-KD mark, paper Avg.) — paper Table 1, bottom block
-TABLE1 = [("short", "sft", "-", 62.4), ("short", "all", "✓", 64.4), ("long", "sft", "-", 63.7), ("long", "all", "✓", 65.1)]
+TABLE1 = [("short", "sft", "-", 62.4), ("short", "all", "✓", 64.4),
+          ("long", "sft", "-", 63.7), ("long", "all", "✓", 65.1)]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Readers (and a rerun after a kill) never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+TIMES = ("train_seconds", "train_cpu_seconds", "eval_seconds", "eval_cpu_seconds")
 
 
 def _stats(values: list[float]) -> dict:
@@ -53,6 +65,8 @@ def aggregate(runs: list) -> tuple[dict, list[str]]:
             "subset": rs[0].subset, "preset": rs[0].preset, "seeds": [seed for seed, _ in got], "n_planned": len(rs),
             "overall": _stats([s["overall"] for _, s in got]),
             "per_task": {t: _stats([s["per_task"][t]["acc"] for _, s in got if t in s["per_task"]]) for t in tasks},
+            # nats/token the held-out caption loss rises with another image (pipeline.evaluation.image_use)
+            "image_use_gap": _stats([s["image_use"]["gap"] for _, s in got if "image_use" in s]),
         }
     for key, res in results.items():  # Δ to the SFT student of the same subset, paired by seed
         base = results.get(f"{res['subset']}/sft")
@@ -76,16 +90,22 @@ def _delta(st: dict | None) -> str:
     return f"{100 * st['mean']:+.1f}" + (f" ± {100 * st['std']:.1f}" if st["std"] is not None else "")
 
 
+def _gap(st: dict | None) -> str:
+    if not st or st["mean"] is None:
+        return "—"
+    return f"{st['mean']:+.3f}" + (f" ± {st['std']:.3f}" if st["std"] is not None else "")
+
+
 def _table(head: list[str], rows: list[tuple[list[str], dict]], tasks: list[str]) -> list[str]:
     """rows: (leading cells + the paper's Avg. last, aggregated result)."""
-    cols = head + ["seeds", *tasks, "**overall**", "Δ vs SFT", "paper Avg."]
+    cols = head + ["seeds", *tasks, "**overall**", "Δ vs SFT", "image-use gap", "paper Avg."]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for cells, res in rows:
         first, paper = cells[:-1], cells[-1]
         n = f"{len(res['seeds'])}/{res['n_planned']}"
         cells = [_cell(res["per_task"].get(t)) for t in tasks]
         lines.append("| " + " | ".join([*first, n, *cells, f"**{_cell(res['overall'])}**", _delta(res["delta_vs_sft"]),
-                                          paper]) + " |")
+                                          _gap(res.get("image_use_gap")), paper]) + " |")
     return lines
 
 
@@ -133,7 +153,9 @@ def write_report(out: Path, runs: list, meta: dict, seconds: float) -> str:
         f"Held-out exact match (%) on {n_q} questions of the toy eval split, per task type "
         f"({', '.join(f'{t} {n}' for t, n in n_task.items())}) and overall: mean ± sample std over seeds "
         f"{seeds} (`seeds`: finished/planned). Δ vs SFT: the difference from the SFT-only student of the same "
-        "subset, paired by seed. *paper Avg.* is the paper's average over its six benchmarks (MobileVLM V2 "
+        "subset, paired by seed. *image-use gap*: how much the held-out caption loss (nats/token) rises when the "
+        "model is shown another image (0: image-blind; `pipeline.evaluation.image_use`). "
+        "*paper Avg.* is the paper's average over its six benchmarks (MobileVLM V2 "
         "1.7B students of a 7B teacher): compare the direction of each effect, not the value.", "",
     ]
     for title, head, rows in tabs.values():
@@ -143,17 +165,17 @@ def write_report(out: Path, runs: list, meta: dict, seconds: float) -> str:
     for r in runs:
         s, rec = _summary(r), recs[r.name]
         em = f"{100 * s['overall']:.1f}" if s else ("failed" if rec.get("rc") else "—")
-        secs = " | ".join(str(rec.get(k, "")) for k in ("train_seconds", "train_cpu_seconds", "eval_seconds", "eval_cpu_seconds"))
+        secs = " | ".join(str(rec.get(k, "")) for k in TIMES)
         md.append(f"| `{r.name}` | {em} | {secs} | `{r.workflow}` |")
-    md.append("")
+    cpu = sum(rec.get(k) or 0 for rec in recs.values() for k in ("train_cpu_seconds", "eval_cpu_seconds"))
+    md += [f"\nCPU seconds of the runs listed: {cpu:.0f} ({cpu / 3600:.2f} CPU hours).", ""]
     text = "\n".join(md)
-    (out / "reproduce.md").write_text(text)
+    write_atomic(out / "reproduce.md", text)
     doc = {**meta, "seconds": round(seconds, 1), "n_questions": n_q, "tasks": tasks, "results": results,
            "tables": {k: {"title": t, "rows": [{"cells": c, "result": key} for c, key in rows]}
                       for k, (t, _, rows) in tabs.items()},
            "runs": [{"run": r.name, "subset": r.subset, "preset": r.preset, "seed": r.seed, "dir": str(r.dir),
                      "workflow": r.workflow, "summary": _summary(r), **{k: recs[r.name].get(k) for k in
-                     ("commands", "train_seconds", "train_cpu_seconds", "eval_seconds",
-                                                 "eval_cpu_seconds", "rc", "failed")}} for r in runs]}
-    (out / "reproduce.json").write_text(json.dumps(doc, indent=2))
+                     ("commands", *TIMES, "rc", "failed")}} for r in runs]}
+    write_atomic(out / "reproduce.json", json.dumps(doc, indent=2))
     return text

@@ -51,11 +51,15 @@ def test_cache_workflow_adds_the_blocks_and_its_own_cache(tmp_path):
     assert (got.train, got.data, got.models, got.cache.logits_topk) == (wf.train, wf.data, wf.models, wf.cache.logits_topk)
 
 
-def _finished_run(root: Path, subset: str, preset: str, seed: int, accs: tuple[float, float], budget: dict) -> Run:
+def _finished_run(root: Path, subset: str, preset: str, seed: int, accs: tuple[float, float], budget: dict,
+                  gap: float | None = None) -> Run:
     run = Run(subset, preset, seed, root / "runs" / subset / preset / f"seed_{seed}", "w.yaml")
     (run.dir / "eval").mkdir(parents=True)
     per = {t: {"acc": a, "n": 10} for t, a in zip(TASKS, accs)}
-    run.summary.write_text(json.dumps({"overall": sum(accs) / 2, "n": 20, "per_task": per}))
+    summary = {"overall": sum(accs) / 2, "n": 20, "per_task": per}
+    if gap is not None:
+        summary["image_use"] = {"loss_own_image": 1.0, "loss_other_image": 1.0 + gap, "gap": gap}
+    run.summary.write_text(json.dumps(summary))
     (run.dir / "reproduce_run.json").write_text(json.dumps({"budget": budget, "train_seconds": 60.0, "eval_seconds": 5.0,
                                                             "commands": ["alignkd student-train", "alignkd eval"]}))
     return run
@@ -64,7 +68,8 @@ def _finished_run(root: Path, subset: str, preset: str, seed: int, accs: tuple[f
 def test_tables_mean_std_and_paired_delta(tmp_path):
     b = {"max_steps": 0}
     runs = [_finished_run(tmp_path, "short", "sft", 0, (0.5, 0.3), b), _finished_run(tmp_path, "short", "sft", 1, (0.7, 0.3), b),
-            _finished_run(tmp_path, "short", "all", 0, (0.6, 0.4), b), _finished_run(tmp_path, "short", "all", 1, (0.8, 0.6), b),
+            _finished_run(tmp_path, "short", "all", 0, (0.6, 0.4), b, gap=0.1),
+            _finished_run(tmp_path, "short", "all", 1, (0.8, 0.6), b, gap=0.3),
             Run("short", "vv", 0, tmp_path / "runs" / "short" / "vv" / "seed_0", "w.yaml")]  # not run yet
     results, tasks = aggregate(runs)
     assert tasks == list(TASKS)
@@ -80,8 +85,10 @@ def test_tables_mean_std_and_paired_delta(tmp_path):
     assert [r["result"] for r in doc["tables"]["table4"]["rows"]] == ["short/all", "short/vv"]
     assert [r["result"] for r in doc["tables"]["table1"]["rows"]] == ["short/sft", "short/all"]
     row = next(x for x in md.splitlines() if x.startswith("| + all vision tokens"))
-    assert "| 2/2 | 70.0 ± 14.1 | 50.0 ± 14.1 | **60.0 ± 14.1** | +15.0 ± 7.1 | 64.4 |" in row
-    assert next(x for x in md.splitlines() if x.startswith("| A_vv")).count("—") == 3
+    assert "| 2/2 | 70.0 ± 14.1 | 50.0 ± 14.1 | **60.0 ± 14.1** | +15.0 ± 7.1 | +0.200 ± 0.141 | 64.4 |" in row
+    sft_row = next(x for x in md.splitlines() if x.startswith("| Supervised fine-tuning") or "`sft`" in x)
+    assert "| — |" in sft_row  # runs without an image-use measure show none
+    assert next(x for x in md.splitlines() if x.startswith("| A_vv")).count("—") == 4  # two tasks, overall, image-use gap
     assert "| Short / 99 | - | `sft` |" in md
 
 
