@@ -87,13 +87,13 @@ def _tower_arg(vision_tower_dir: str | Path) -> tuple[str, int]:
 
 
 def toy_teacher_config(vocab_size: int, vision_tower_dir: str | Path, grid: int = 8) -> MobileVLMConfig:
-    """Toy teacher: 4 layers x 256 hidden x 8 heads, ffn 688, grid 8 -> 64 vision tokens."""
+    """Toy teacher: 4 layers x 256 hidden x 8 heads, ffn 688, grid G -> G*G vision tokens (toy world: 4 -> 16)."""
     tower, mm_hidden = _tower_arg(vision_tower_dir)
     return _llama(4, 256, 8, 688, 1e-5, vocab_size, 2048, **_mm_keys(tower, mm_hidden, grid))
 
 
 def toy_student_config(vocab_size: int, vision_tower_dir: str | Path, grid: int = 8) -> MobileVLMConfig:
-    """Toy student: 2 layers x 128 hidden x 4 heads, ffn 344, grid 8 -> 64 vision tokens."""
+    """Toy student: 2 layers x 128 hidden x 4 heads, ffn 344, grid G -> G*G vision tokens (toy world: 4 -> 16)."""
     tower, mm_hidden = _tower_arg(vision_tower_dir)
     return _llama(2, 128, 4, 344, 1e-6, vocab_size, 2048, **_mm_keys(tower, mm_hidden, grid))
 
