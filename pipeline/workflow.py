@@ -256,7 +256,20 @@ def load_workflow(path: str | Path = DEFAULT_WORKFLOW) -> Workflow:
     if errors:
         raise WorkflowError(f"{path}: {len(errors)} problem(s):\n  - " + "\n  - ".join(errors))
     wf.source = str(path)
+    wf.train.deepspeed_config = _beside_workflow(wf.train.deepspeed_config, path)
     return wf
+
+
+def _beside_workflow(rel: str, workflow: Path) -> str:
+    """A relative `train.deepspeed_config` is read from the directory alignkd runs in, like every
+    path; when it is not there but a file of that name sits beside the workflow YAML (the repo's
+    `workflows/zero2.json` next to `workflows/*.yaml`), that one is meant: so a workflow also works
+    when alignkd runs outside the repository root."""
+    p = Path(rel)
+    if not rel or p.is_absolute() or p.is_file():
+        return rel
+    beside = workflow.parent / p.name
+    return str(beside) if beside.is_file() else rel
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

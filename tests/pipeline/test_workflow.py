@@ -56,3 +56,17 @@ def test_vars_name_paths_once_and_undefined_ones_are_errors(tmp_path):
 @pytest.mark.parametrize("name", ["mobilevlm_v2.yaml", "toy.yaml"])
 def test_shipped_workflows_load(name):
     load_workflow(REPO / "workflows" / name)
+
+
+def test_deepspeed_json_beside_the_workflow_is_found_from_another_directory(tmp_path, monkeypatch):
+    (tmp_path / "wfs").mkdir()
+    (tmp_path / "wfs" / "zero2.json").write_text("{}")
+    yml = tmp_path / "wfs" / "w.yaml"
+    yml.write_text("train:\n  deepspeed_config: workflows/zero2.json\n")
+    elsewhere = tmp_path / "run"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_workflow(yml).train.deepspeed_config == str(tmp_path / "wfs" / "zero2.json")
+    (elsewhere / "workflows").mkdir()  # a file at the relative path itself wins
+    (elsewhere / "workflows" / "zero2.json").write_text("{}")
+    assert load_workflow(yml).train.deepspeed_config == "workflows/zero2.json"
