@@ -23,13 +23,14 @@ def test_token_hash_mismatch_is_refused_naming_the_sample(tiny_world, tmp_path):
 
 def test_provenance_mismatch_is_refused_before_training(tiny_world, tiny_store):
     wf = tiny_world.workflow()
+    dumped = wf.data.subsets[SUBSET]  # the subset limit the store was dumped for
     wf.cache.logits_topk = 32  # the store holds top-64
-    wf.data.subsets[SUBSET] = 200  # the store was dumped for the 160-token subset
+    wf.data.subsets[SUBSET] = dumped + 40
     with pytest.raises(StoreMismatchError) as e:
         build_train_loader(wf, SUBSET, STAGE, "cached", 0, 1, 4, seed=0)
     msg = str(e.value)
     assert "2 problem(s)" in msg and "logits_topk: the run expects 32, the store has 64" in msg
-    assert "max_length: the run expects 200, the store has 160" in msg and "alignkd teacher-dump" in msg
+    assert f"max_length: the run expects {dumped + 40}, the store has {dumped}" in msg and "alignkd teacher-dump" in msg
 
 
 def test_adapter_expectations_and_missing_blocks_are_checked(tiny_world, tiny_store, tmp_path):
