@@ -153,7 +153,7 @@ def write_report(out: Path, runs: list, meta: dict, seconds: float) -> str:
         f"Held-out exact match (%) on {n_q} questions of the toy eval split, per task type "
         f"({', '.join(f'{t} {n}' for t, n in n_task.items())}) and overall: mean ± sample std over seeds "
         f"{seeds} (`seeds`: finished/planned). Δ vs SFT: the difference from the SFT-only student of the same "
-        "subset, paired by seed. *image-use gap*: how much the held-out caption loss (nats/token) rises when the "
+        "subset, paired by seed. *image-use gap*: how much the loss on held-out image descriptions (nats/token) rises when the "
         "model is shown another image (0: image-blind; `pipeline.evaluation.image_use`). "
         "*paper Avg.* is the paper's average over its six benchmarks (MobileVLM V2 "
         "1.7B students of a 7B teacher): compare the direction of each effect, not the value.", "",
