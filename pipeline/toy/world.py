@@ -27,10 +27,11 @@ project's 2-core machine with `python -m benchmarks.grounding_onset` (one thread
 * one-word QA is much slower: exact match stays at the image-blind level (`blind_accuracy` in the
   stats, ~0.39) for both models through 300-400 fine-tuning steps even after caption grounding;
   the student's colour answers rise only after ~400 (lr 2e-3) to ~600 (lr 1e-3) steps. The
-  answer's few grounded tokens are a weak signal compared with a caption's. So at demo budgets the
-  visible teacher-student difference is in image use on captions, not yet in QA accuracy.
-* 2,000 training images, 2,000 captions and 4,000 fine-tuning records (3,400 in Short): the
-  students see Short once (≈ 125 + 212 steps); the Short dump is ≈ 5,400 samples.
+  answer's few grounded tokens are a weak signal compared with a caption's. With the recipe's
+  cosine schedule the onsets come later still: at the demo's budgets (students 75 + 106 steps,
+  teacher 80 + 200) every model is still image-blind (image-use gap within ±0.005).
+* 1,200 training images, 1,200 captions and 2,000 fine-tuning records (1,700 in Short): the
+  students see Short once (75 + 106 steps); the Short dump is 2,900 samples (~1 min).
 * 350 eval questions (50 per task type, ±7 points per task) and one description per held-out
   image (150) for image use, on 150 held-out images.
 * task difficulty (see `tasks.py`): colour/shape/size of a named object need one object's
