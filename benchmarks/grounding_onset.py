@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             step += 1
             if step % a.every == 0:
                 u = image_use(model, tok, held, world / "images", template, batch_size=HELD, progress=False)
-                row = {"step": step, "train_loss": round(float(loss), 4), **u, "cpu_s": round(time.process_time() - t0, 1)}
+                row = {"step": step, "train_loss": round(loss.item(), 4), **u, "cpu_s": round(time.process_time() - t0, 1)}
                 curve.append(row)
                 print(f"step {step:4d}  train {row['train_loss']:.3f}  held own {u['loss_own_image']:.3f}  "
                       f"other {u['loss_other_image']:.3f}  gap {u['gap']:+.3f}  cpu {row['cpu_s']:.0f} s", flush=True)
