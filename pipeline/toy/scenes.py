@@ -75,6 +75,11 @@ class Scene:
             "objects": [asdict(o) for o in self.objects],
         }
 
+    @classmethod
+    def from_json(cls, d: dict) -> "Scene":
+        """Inverse of `to_json` (a world's scenes.json values)."""
+        return cls(d["image"], d["background"], d["texture"], tuple(Obj(**o) for o in d["objects"]))
+
 
 def cell_phrase(row: int, col: int) -> str:
     """'top left', 'top', 'left', 'center', ... (the middle row/column is left implicit)."""
