@@ -40,6 +40,11 @@ class WorldConfig:
     n_eval_images: int = 150  # held-out images the eval questions are asked about
     # share of fine-tuning samples made long on purpose, so that Short and Long differ
     long_fraction: float = 0.15
+    # share of fine-tuning records that are multi-turn QA about one image, and the most turns such
+    # a record may carry (fitting keeps as many as the short limit allows): more one-word answers
+    # per image is the cheapest grounding signal a from-scratch toy model gets (pipeline/toy/world.py)
+    multi_fraction: float = 0.40
+    multi_turns: int = 6
     tokenizer_vocab: int = 512
 
 

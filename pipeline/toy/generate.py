@@ -20,9 +20,8 @@ GENERATOR_VERSION = 2  # bump when the same spec would produce different bytes (
 # independent RNG streams (numpy seeds from [seed, stream, index]) so that changing one count
 # does not reshuffle everything else
 _S_TRAIN_SCENE, _S_EVAL_SCENE, _S_RENDER, _S_PRETRAIN, _S_FINETUNE, _S_EVAL, _S_PLAN = range(7)
-# of the fine-tuning records; the rest is single-turn. Multi-turn records carry several answers
-# per image for the price of one image's vision tokens: the cheapest grounding signal on a CPU.
-TEXT_FRACTION, MULTI_FRACTION = 0.05, 0.40
+# of the fine-tuning records (the multi-turn share is world.multi_fraction; the rest is single-turn)
+TEXT_FRACTION = 0.05
 
 
 class WorldError(RuntimeError):
@@ -42,6 +41,8 @@ class WorldSpec:
     n_finetune: int
     n_eval: int
     long_fraction: float
+    multi_fraction: float
+    multi_turns: int
     tokenizer_vocab: int
     num_vision_tokens: int
     short_limit: int
@@ -52,7 +53,7 @@ class WorldSpec:
         w: WorldConfig = wf.world
         limits = sorted(wf.data.subsets.values()) or [512, 2048]
         return cls(GENERATOR_VERSION, w.seed, w.image_size, w.n_images, w.n_eval_images, w.n_pretrain,
-                   w.n_finetune, w.n_eval, w.long_fraction, w.tokenizer_vocab, wf.models.num_vision_tokens,
+                   w.n_finetune, w.n_eval, w.long_fraction, w.multi_fraction, w.multi_turns, w.tokenizer_vocab, wf.models.num_vision_tokens,
                    limits[0], limits[-1]).checked()
 
     @property
@@ -66,8 +67,13 @@ class WorldSpec:
                ("n_images", "n_eval_images", "n_pretrain", "n_finetune", "n_eval") if getattr(self, k) < 1]
         if self.image_size < 24:
             bad.append(f"world.image_size={self.image_size} (must be >= 24 so that small shapes have pixels)")
-        if not 0.0 <= self.long_fraction <= 1.0 - TEXT_FRACTION - MULTI_FRACTION:
-            bad.append(f"world.long_fraction={self.long_fraction} (must be in [0, {1 - TEXT_FRACTION - MULTI_FRACTION:.2f}])")
+        if not 0.0 <= self.multi_fraction <= 1.0 - TEXT_FRACTION:
+            bad.append(f"world.multi_fraction={self.multi_fraction} (must be in [0, {1 - TEXT_FRACTION:.2f}])")
+        elif not 0.0 <= self.long_fraction <= 1.0 - TEXT_FRACTION - self.multi_fraction:
+            bad.append(f"world.long_fraction={self.long_fraction} (must be in [0, {1 - TEXT_FRACTION - self.multi_fraction:.2f}]"
+                       " with this world.multi_fraction)")
+        if self.multi_turns < 2:
+            bad.append(f"world.multi_turns={self.multi_turns} (must be >= 2)")
         if self.projector_grid**2 != self.num_vision_tokens or not 1 <= self.projector_grid <= 16:
             bad.append(f"models.num_vision_tokens={self.num_vision_tokens} (the toy projector pools the 16 x 16 patch "
                        "grid to G x G: use a square, 1 .. 256)")
@@ -106,13 +112,14 @@ def make_pretrain(spec: WorldSpec, scenes: list[Scene]) -> list[dict]:
 def make_drafts(spec: WorldSpec, scenes: list[Scene]) -> list[Draft]:
     n = spec.n_finetune
     n_long, n_text = round(spec.long_fraction * n), round(TEXT_FRACTION * n)
-    n_multi = round(MULTI_FRACTION * n)
+    n_multi = round(spec.multi_fraction * n)
     kinds = ["long"] * n_long + ["text"] * n_text + ["multi"] * n_multi
     kinds += ["single"] * (n - len(kinds))
     plan = _rng(spec.seed, _S_PLAN)
     kinds = [kinds[int(j)] for j in plan.permutation(n)]
     images = plan.integers(len(scenes), size=n)  # with replacement: some images 0, 1, 2, ... times
-    return [draft(f"ft-{i:05d}", k, None if k == "text" else scenes[int(images[i])], _rng(spec.seed, _S_FINETUNE, i))
+    return [draft(f"ft-{i:05d}", k, None if k == "text" else scenes[int(images[i])], _rng(spec.seed, _S_FINETUNE, i),
+                  multi_turns=spec.multi_turns)
             for i, k in enumerate(kinds)]
 
 

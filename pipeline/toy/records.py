@@ -90,8 +90,9 @@ def _qa_turns(scene: Scene, rng: np.random.Generator, n: int, p_word: float) -> 
     return turns, tasks
 
 
-def draft(rid: str, kind: str, scene: Scene | None, rng: np.random.Generator) -> Draft:
-    """One fine-tuning draft of the given kind (`scene` is None only for kind 'text')."""
+def draft(rid: str, kind: str, scene: Scene | None, rng: np.random.Generator, multi_turns: int = 6) -> Draft:
+    """One fine-tuning draft of the given kind (`scene` is None only for kind 'text'); a 'multi'
+    draft holds `multi_turns` - 4 .. `multi_turns` QA turns, at least 2 (world.multi_turns)."""
     if kind == "text":
         qas = [text_qa(rng) for _ in range(int(rng.integers(1, 3)))]
         turns = [qa.turn(one_word=bool(rng.random() < 0.5)) for qa in qas]
@@ -101,12 +102,12 @@ def draft(rid: str, kind: str, scene: Scene | None, rng: np.random.Generator) ->
         qa = random_qa(scene, rng)
         return Draft(rid, kind, "short", scene.image, [qa.turn(one_word=bool(rng.random() < P_WORD[kind]))], 0, 1, 1, [qa.task])
     if kind == "multi":
-        n = int(rng.integers(2, 7))
+        n = int(rng.integers(max(2, multi_turns - 4), multi_turns + 1))
         turns, tasks = _qa_turns(scene, rng, n, p_word=P_WORD[kind])
         image_turn = 0
         if rng.random() < 0.2:  # the image arrives in a later turn, after a text-only exchange
             qa = text_qa(rng)
-            turns, tasks = [qa.turn(one_word=True)] + turns[:5], [qa.task] + tasks[:5]
+            turns, tasks = [qa.turn(one_word=True)] + turns[: multi_turns - 1], [qa.task] + tasks[: multi_turns - 1]
             image_turn = 1
         return Draft(rid, kind, "short", scene.image, turns, image_turn, min(2, len(turns)), len(turns), tasks)
     if kind == "long":

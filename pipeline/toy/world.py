@@ -30,6 +30,17 @@ project's 2-core machine with `python -m benchmarks.grounding_onset` (one thread
   answer's few grounded tokens are a weak signal compared with a caption's. With the recipe's
   cosine schedule the onsets come later still: at the demo's budgets (students 75 + 106 steps,
   teacher 80 + 200) every model is still image-blind (image-use gap within ±0.005).
+* what brings one-word QA grounding forward is the number of one-word answers per token trained
+  on, i.e. packing many questions about one image into one record (`world.multi_fraction`,
+  `world.multi_turns`; workflows/toy_grounded.yaml): the image and the v1 system prompt are paid
+  once per record, each further turn costs ~13 tokens. `benchmarks.grounding_onset --data
+  qa-packed --turns 8` (8 one-word questions per record, ~19 tokens per answer against ~39 in
+  this default mix), on a dev world (seed 1): the student answers from the image after ~300-400
+  steps of batch 16, the teacher (lr 5e-4) after ~300; with this default mix neither does within
+  600. A half-way mix (multi_fraction 0.7 with ~4 turns, ~33 tokens per answer) left the teacher
+  blind through 700 steps of batch 8. The teacher then needs ~600 fine-tuning steps at ~0.8 s
+  each on 2 ranks: that is why the default demo (10 minutes) stays image-blind and
+  toy_grounded.yaml exists.
 * 1,200 training images, 1,200 captions and 2,000 fine-tuning records (1,700 in Short): the
   students see Short once (75 + 106 steps); the Short dump is 2,900 samples (~1 min).
 * 350 eval questions (50 per task type, ±7 points per task) and one description per held-out

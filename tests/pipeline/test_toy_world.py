@@ -223,3 +223,34 @@ def test_a_token_count_the_projector_cannot_pool_to_is_refused(tmp_path):
     with pytest.raises(WorldError, match="num_vision_tokens=20"):
         build_world(wf, tmp_path / "w")
     assert not (tmp_path / "w").exists()
+
+
+def test_multi_turn_packing_follows_the_world_config(tmp_path):
+    """world.multi_fraction / multi_turns (workflows/toy_grounded.yaml): more records are multi-turn
+    and they carry more one-word questions about their image, each within the short limit."""
+    from pipeline.toy.records import one_word_pairs
+
+    def finetune(name: str, **over) -> tuple[dict, list[dict]]:
+        wf = Workflow(world=WorldConfig(**{**SMALL, "n_finetune": 120, **over}),
+                      data=DataConfig(subsets={"short": 160, "long": 352}), models=ModelsConfig(num_vision_tokens=16))
+        meta = build_world(wf, tmp_path / name)
+        return meta, json.loads((tmp_path / name / "data" / "finetune.json").read_text())
+
+    base_meta, base = finetune("base")
+    packed_meta, packed = finetune("packed", multi_fraction=0.75, multi_turns=8)
+    assert base_meta["stats"]["finetune_kinds"]["multi"] == round(0.40 * 120)
+    assert packed_meta["stats"]["finetune_kinds"]["multi"] == round(0.75 * 120)
+    assert len(one_word_pairs(packed)) > 1.5 * len(one_word_pairs(base))
+    assert packed_meta["stats"]["lengths"]["finetune"]["short"] == base_meta["stats"]["lengths"]["finetune"]["short"]
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"multi_fraction": 0.97}, "world.multi_fraction=0.97"),
+    ({"multi_fraction": 0.9, "long_fraction": 0.15}, "world.long_fraction=0.15"),
+    ({"multi_turns": 1}, "world.multi_turns=1"),
+])
+def test_packing_settings_out_of_range_are_refused(tmp_path, over, message):
+    wf = Workflow(world=WorldConfig(**{**SMALL, **over}), data=DataConfig(subsets={"short": 160, "long": 320}))
+    with pytest.raises(WorldError, match=message):
+        build_world(wf, tmp_path / "w")
+    assert not (tmp_path / "w").exists()

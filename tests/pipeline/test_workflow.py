@@ -70,3 +70,17 @@ def test_deepspeed_json_beside_the_workflow_is_found_from_another_directory(tmp_
     (elsewhere / "workflows").mkdir()  # a file at the relative path itself wins
     (elsewhere / "workflows" / "zero2.json").write_text("{}")
     assert load_workflow(yml).train.deepspeed_config == "workflows/zero2.json"
+
+
+def test_the_grounded_toy_workflow_differs_from_toy_only_in_packing_subsets_paths_and_teacher_budget():
+    from dataclasses import asdict
+
+    toy, grounded = load_workflow(REPO / "workflows/toy.yaml"), load_workflow(REPO / "workflows/toy_grounded.yaml")
+    swap = lambda d: {k: (v.replace("runs/toy_grounded", "runs/toy") if isinstance(v, str) else v) for k, v in d.items()}  # noqa: E731
+    for section in ("dump", "models", "cache", "train"):  # same recipe, same models, same cache layout
+        assert swap(asdict(getattr(grounded, section))) == asdict(getattr(toy, section)), section
+    g, t = asdict(grounded.world), asdict(toy.world)
+    assert {k for k in g if g[k] != t[k]} == {"dir", "multi_fraction", "multi_turns"}
+    assert grounded.world.multi_fraction > toy.world.multi_fraction and grounded.world.multi_turns > toy.world.multi_turns
+    assert grounded.demo.teacher_finetune_steps > toy.demo.teacher_finetune_steps
+    assert grounded.demo.student_subset == toy.demo.student_subset  # the students' budget is the same
