@@ -72,6 +72,11 @@ def write_report(report: Path, models: dict[str, Path], students: Path, heatmaps
     gain = acc["alignkd"]["overall"] - acc["sft"]["overall"]
     verdict = (f"Teacher − SFT student = {gap:+.3f} (what distillation could close); "
                f"Align-KD − SFT student = {gain:+.3f} on {acc['sft']['n']} held-out questions.")
+    other = {m: acc[m].get("other_image") for m in MODELS}
+    if all(other.values()):
+        verdict += ("\n\nWith another record's image (same questions): " + ", ".join(
+            f"{LABELS[m]} {other[m]['overall']:.3f} (drop {other[m]['drop']:+.3f})" for m in MODELS)
+            + "; the drop is what each model answers from the image.")
     use = {m: acc[m].get("image_use") for m in MODELS}
     use_rows = []
     if all(use.values()):

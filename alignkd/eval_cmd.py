@@ -19,7 +19,7 @@ def eval_model(
     """Evaluate MODEL on the workflow's held-out split; writes predictions.jsonl and summary.json."""
     from transformers import AutoTokenizer
 
-    from pipeline.evaluation import evaluate, image_use, summarise, write_predictions
+    from pipeline.evaluation import evaluate, image_use, summarise, with_other_images, write_predictions
     from pipeline.models import MobileVLM
     from pipeline.workflow import load_workflow
 
@@ -37,6 +37,12 @@ def eval_model(
     out = out or model / "eval"
     write_predictions(preds, out / "predictions.jsonl")
     summary = summarise(preds)
+    if len({r.get("image") for r in records}) >= 2:  # the same questions, each shown another record's image
+        swapped = evaluate(m, tok, with_other_images(records), wf.data.eval.image_root, wf.data.eval.template,
+                           batch_size or wf.eval.batch_size, wf.eval.max_new_tokens)
+        sw = summarise(swapped)
+        summary["other_image"] = {"overall": sw["overall"], "drop": round(summary["overall"] - sw["overall"], 4),
+                                  "per_task": {t: v["acc"] for t, v in sw["per_task"].items()}}
     if wf.data.eval_captions is not None:  # image use on the held-out images' captions
         caps = json.loads(Path(wf.data.eval_captions.json).read_text())
         caps = caps[:limit] if limit else caps
@@ -47,6 +53,9 @@ def eval_model(
     typer.echo(f"{model}: exact match {summary['overall']:.3f} on {summary['n']} questions")
     for task, s in summary["per_task"].items():
         typer.echo(f"  {task:<12} {s['acc']:.3f}  (n={s['n']})")
+    if "other_image" in summary:
+        o = summary["other_image"]
+        typer.echo(f"  with another record's image: exact match {o['overall']:.3f} (drop {o['drop']:+.3f}: what it reads from the image)")
     if "image_use" in summary:
         u = summary["image_use"]
         typer.echo(f"  image use: caption loss {u['loss_own_image']:.3f} with its own image, {u['loss_other_image']:.3f} "

@@ -137,6 +137,22 @@ def image_use(model: MobileVLM, tokenizer: Any, records: list[dict], image_root:
             "n_captions": len(records), "n_tokens": n_tok}
 
 
+def with_other_images(records: list[dict]) -> list[dict]:
+    """Copies of `records`, each showing the image of the next record (cyclically) whose image
+    differs from its own: evaluating these gives exact match *without* the right image, so the
+    drop from the normal score is what a model reads from the image. Exact match, unlike
+    `image_use`, needs no description data the model was trained to produce."""
+    images = [r.get("image") for r in records]
+    out = []
+    for i, r in enumerate(records):
+        other = next((images[(i + k) % len(records)] for k in range(1, len(records))
+                      if images[(i + k) % len(records)] not in (None, images[i])), None)
+        if other is None:
+            raise ValueError("with_other_images needs records with at least two distinct images")
+        out.append({**r, "image": other})
+    return out
+
+
 def _load(path: Path, model: MobileVLM) -> torch.Tensor:
     with Image.open(path) as im:
         return preprocess_image(im.convert("RGB"), model.config)

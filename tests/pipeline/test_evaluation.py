@@ -28,7 +28,7 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from pipeline.constants import IGNORE_INDEX
-from pipeline.evaluation import Prediction, evaluate, image_use, normalise, summarise, write_predictions
+from pipeline.evaluation import Prediction, evaluate, image_use, normalise, summarise, write_predictions, with_other_images
 from pipeline.models import MobileVLM, preprocess_image
 from pipeline.models.presets import toy_student_config
 from pipeline.templates import encode_conversation, encode_prompt
@@ -279,3 +279,26 @@ def test_image_use_lone_last_record_and_too_few(vlm: MobileVLM, tok: Any, image_
     for recs in ([], _caption_records(1)):
         with pytest.raises(ValueError, match="at least 2"):
             image_use(vlm, tok, recs, image_root, progress=False)
+
+
+# ------------------------------------------------------------------------ exact match, other image
+def test_with_other_images_never_shows_a_record_its_own_image() -> None:
+    recs = [{"id": str(i), "image": im} for i, im in enumerate(["a", "a", "b", "c", "c", "a"])]
+    got = with_other_images(recs)
+    assert [r["image"] for r in got] == ["b", "b", "c", "a", "a", "b"]  # the next different one, cyclically
+    assert [r["id"] for r in got] == [r["id"] for r in recs] and recs[0]["image"] == "a"  # copies
+    with pytest.raises(ValueError, match="two distinct images"):
+        with_other_images([{"image": "a"}, {"image": "a"}])
+
+
+def test_other_image_predictions_differ_unless_the_projector_is_image_blind(vlm: MobileVLM, tok: Any,
+                                                                          image_root: Path) -> None:
+    recs = [r for r in _eval_records() if "image" in r]
+    run = lambda rs: [p.prediction for p in evaluate(vlm, tok, rs, image_root, template="v1", batch_size=3,  # noqa: E731
+                                                     max_new_tokens=MAX_NEW, progress=False)]
+    assert run(recs) != run(with_other_images(recs))  # this random model's answers depend on the image
+    last = vlm.model.mm_projector.mlp.mlp[2]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    assert run(recs) == run(with_other_images(recs))
