@@ -52,11 +52,14 @@ def test_shortened_demo_runs_every_stage_and_writes_the_report(tmp_path):
     for name in ("teacher", "sft", "alignkd"):
         preds = [json.loads(x) for x in (report / "eval" / name / "predictions.jsonl").read_text().splitlines()]
         assert len(preds) == 24 and set(preds[0]) >= {"question_id", "prompt", "answer", "prediction", "correct"}
-        use = json.loads((report / "eval" / name / "summary.json").read_text())["image_use"]
+        got = json.loads((report / "eval" / name / "summary.json").read_text())
+        assert got["other_image"]["drop"] == pytest.approx(got["overall"] - got["other_image"]["overall"], abs=1e-4)
+        use = got["image_use"]
         assert use["n_captions"] == 16 and use["gap"] == pytest.approx(use["loss_other_image"] - use["loss_own_image"], abs=2e-4)
     metrics = (run / "students/alignkd/finetune/metrics.jsonl").read_text().splitlines()
     assert metrics and {"rkl", "attn", "focus", "all_tokens", "sup"} <= set(json.loads(metrics[-1]))
     summary = (report / "summary.md").read_text()
     assert "Align-KD student" in summary and "alignkd teacher-dump" in summary and "## Image use" in summary
+    assert "With another record's image" in summary
     for png in ("accuracy.png", "losses.png", "attention_0.png", "probe_teacher/layers.png"):
         assert (report / png).stat().st_size > 1000, png
