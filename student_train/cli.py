@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from student_train.launch import MODES, STAGES, RunArgs, launcher_command, launcher_env
+from student_train.launch import MODES, STAGES, RunArgs, launcher_command, launcher_env, release_shm_buffers
 
 if TYPE_CHECKING:
     from student_train.plan import RunPlan, StageInit
@@ -130,7 +130,10 @@ def student_train(
             typer.echo(f"[student-train] {st}: already exported to {out_dir / st / 'final'}; skipping", err=True)
             continue
         typer.echo(f"[student-train] {st}: {nprocs} rank(s)/node, init {sp.init.path}, out {out_dir / st}", err=True)
-        rc = subprocess.call(cmd, env=launcher_env(nprocs))
+        try:
+            rc = subprocess.call(cmd, env=launcher_env(nprocs))
+        finally:
+            release_shm_buffers(cmd)
         if rc != 0:
             typer.echo(f"[student-train] {st} failed (exit {rc}); the error is in the rank output above", err=True)
             raise typer.Exit(code=rc)

@@ -308,8 +308,12 @@ def test_two_rank_zero2_launch_and_bit_exact_resume(tiny_world, tiny_store, tmp_
                           finetune={"micro_batch": 1, "global_batch": 4})
     full = tmp_path / "full"
     common = ["--workflow", str(path), "--subset", "short", "--stage", "finetune", "--num-procs", "2", "--max-steps", "4"]
+    shm = Path("/dev/shm")
+    buffers = lambda: {f.name for f in shm.glob("deepspeed_allreduce_buffer_*")} if shm.is_dir() else set()  # noqa: E731
+    before = buffers()
     p = _alignkd(*common, "--out", str(full))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-6000:]
+    assert buffers() <= before  # the launch removed the shared-memory buffers its ranks left
     run = json.loads((full / "finetune" / "run.json").read_text())
     assert run["plan"] == {"global_batch": 4, "micro_batch": 1, "world_size": 2, "grad_accum": 2}
     ck = full / "finetune" / "checkpoints" / "step4"
