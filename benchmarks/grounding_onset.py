@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from transformers import AutoTokenizer
 
-    from pipeline.constants import IGNORE_INDEX
-    from pipeline.evaluation import image_use
+    from pipeline.evaluation import image_use, pad_encoded
     from pipeline.models import MobileVLM, preprocess_image
     from pipeline.templates import encode_conversation
 
@@ -86,13 +85,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return pixels[rel]
 
     def batch(idx: list[int]) -> tuple[torch.Tensor, ...]:
-        width = max(len(enc[i].input_ids) for i in idx)
-        ids = torch.zeros(len(idx), width, dtype=torch.long)
-        lab = torch.full((len(idx), width), IGNORE_INDEX, dtype=torch.long)
-        am = torch.zeros(len(idx), width, dtype=torch.long)
-        for row, i in enumerate(idx):
-            n = len(enc[i].input_ids)
-            ids[row, :n], lab[row, :n], am[row, :n] = torch.tensor(enc[i].input_ids), torch.tensor(enc[i].labels), 1
+        ids, lab, am = pad_encoded([enc[i] for i in idx])
         return ids, lab, am, torch.stack([image(train[i]["image"]) for i in idx])
 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr)
@@ -166,6 +159,7 @@ def first_answer_tokens(model, tok, records: list[dict], image: Callable[[str], 
     """(predicted, target) first answer token of each one-word eval record [N], teacher-forced in
     one forward per batch; `swap`: each record gets the next record's image (rolled in its batch)."""
     from pipeline.constants import IGNORE_INDEX
+    from pipeline.evaluation import pad_encoded
     from pipeline.templates import encode_conversation
 
     model.eval()
@@ -173,13 +167,7 @@ def first_answer_tokens(model, tok, records: list[dict], image: Callable[[str], 
     for i in range(0, len(records), batch_size):
         batch = records[i : i + batch_size]
         enc = [encode_conversation(r["conversations"], "v1", tok, True) for r in batch]
-        width = max(len(e.input_ids) for e in enc)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        lab = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-        am = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, e in enumerate(enc):
-            n = len(e.input_ids)
-            ids[row, :n], lab[row, :n], am[row, :n] = torch.tensor(e.input_ids), torch.tensor(e.labels), 1
+        ids, lab, am = pad_encoded(enc)
         images = torch.stack([image(r["image"]) for r in batch])
         out = model(input_ids=ids, images=images.roll(1, dims=0) if swap else images, attention_mask=am, labels=lab)
         pred, tgt = out.logits[:, :-1].argmax(-1), out.labels[:, 1:]  # [B, L-1]: position t predicts t+1

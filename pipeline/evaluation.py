@@ -115,14 +115,7 @@ def image_use(model: MobileVLM, tokenizer: Any, records: list[dict], image_root:
         batches[-2:] = [batches[-2] + batches[-1]]
     for batch in batches:
         enc = [encode_conversation(r["conversations"], template, tokenizer, True) for r in batch]
-        width = max(len(e.input_ids) for e in enc)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        lab = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-        am = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, e in enumerate(enc):
-            ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
-            lab[row, : len(e.labels)] = torch.tensor(e.labels)
-            am[row, : len(e.input_ids)] = 1
+        ids, lab, am = pad_encoded(enc)
         images = torch.stack([_load(image_root / r["image"], model) for r in batch])
         k = int((lab[:, 1:] != IGNORE_INDEX).sum())  # target tokens (the model's CE is their mean)
         for key, imgs in (("own", images), ("other", images.roll(1, dims=0))):
@@ -135,6 +128,19 @@ def image_use(model: MobileVLM, tokenizer: Any, records: list[dict], image_root:
     own, other = tot["own"] / n_tok, tot["other"] / n_tok
     return {"loss_own_image": round(own, 4), "loss_other_image": round(other, 4), "gap": round(other - own, 4),
             "n_captions": len(records), "n_tokens": n_tok}
+
+
+def pad_encoded(enc: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, labels, attention_mask), each [B, max length], of encoded samples
+    (`encode_conversation` results): pad id 0, label IGNORE_INDEX, mask 0."""
+    width = max(len(e.input_ids) for e in enc)
+    ids = torch.zeros(len(enc), width, dtype=torch.long)
+    lab = torch.full((len(enc), width), IGNORE_INDEX, dtype=torch.long)
+    am = torch.zeros(len(enc), width, dtype=torch.long)
+    for row, e in enumerate(enc):
+        n = len(e.input_ids)
+        ids[row, :n], lab[row, :n], am[row, :n] = torch.tensor(e.input_ids), torch.tensor(e.labels), 1
+    return ids, lab, am
 
 
 def with_other_images(records: list[dict]) -> list[dict]:
