@@ -78,3 +78,51 @@ def test_adapters_get_gradients():
     for n, p in ads.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, n
     assert a_s.grad.abs().sum() > 0 and v_s.grad.abs().sum() > 0
+
+
+def test_head_adapter_as_initialised_is_near_the_least_squares_adapter_on_a_real_batch(tiny_world, tiny_store):
+    """On a cached batch of the real loader (teacher T→V maps from the store, the student's from its
+    own forward), L_attn with the adapter as built is within a small factor of the best affine
+    head map (least squares over every entry); PyTorch's default conv init was ~100x above it."""
+    from pipeline.models import CaptureSpec, MobileVLM
+    from student_train.data import build_train_loader
+    from student_train.losses.attention import attention_distill_loss
+
+    wf = tiny_world.workflow()
+    batch = next(iter(build_train_loader(wf, "short", "finetune", "cached", 0, 1, 8, seed=0)[0]))
+    student = MobileVLM.from_pretrained(wf.models.student)
+    with torch.no_grad():
+        al = student.forward_align(input_ids=batch.input_ids, images=batch.images, attention_mask=batch.attention_mask,
+                                   labels=batch.labels, spec=CaptureSpec(layers=("first",), blocks=("tv",)))
+    s_maps, t_maps = al.attn[("first", "tv")], batch.teacher.attn[("first", "tv")]
+    pairs = [(s, t) for s, t in zip(s_maps, t_maps) if s.numel()]
+    assert pairs, "the batch has no image sample"
+    h_s, h_t = pairs[0][0].shape[0], pairs[0][1].shape[0]
+    # least squares: teacher[o, i, j] ≈ Σ_h W[o, h] student[h, i, j] + b[o], over all entries
+    x = torch.cat([s.flatten(1) for s, _ in pairs], 1).T.double()  # [N, H_s]
+    y = torch.cat([t.flatten(1) for _, t in pairs], 1).T.double()  # [N, H_t]
+    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    coef = torch.linalg.lstsq(x1, y).solution  # [H_s + 1, H_t]
+    fitted = HeadAdapter(h_s, h_t)
+    with torch.no_grad():
+        fitted.conv.weight.copy_(coef[:-1].T.float()[:, :, None, None])
+        fitted.conv.bias.copy_(coef[-1].float())
+    default = HeadAdapter(h_s, h_t)
+    nn.Conv2d.reset_parameters(default.conv)  # PyTorch's default init (what the adapters used to start from)
+    loss = {name: float(attention_distill_loss([s for s, _ in pairs], [t for _, t in pairs], ad).detach())
+            for name, ad in (("init", HeadAdapter(h_s, h_t)), ("fitted", fitted), ("default", default))}
+    assert loss["fitted"] <= loss["init"] <= 3.0 * loss["fitted"], loss
+    assert loss["default"] > 10.0 * loss["init"], loss
+
+
+def test_token_adapter_starts_as_a_tiled_identity():
+    from student_train.adapters import tiled_identity
+
+    up = TokenAdapter(3, 6)
+    v = torch.randn(2, 3)
+    torch.testing.assert_close(up(v), torch.cat([v, v], -1))  # widening copies each feature
+    down = TokenAdapter(6, 3)
+    w = torch.randn(2, 6)
+    torch.testing.assert_close(down(w), (w[:, :3] + w[:, 3:]) / 2)  # narrowing averages the folded ones
+    assert tiled_identity(4, 4).equal(torch.eye(4))
+    assert float(up.proj.bias.abs().sum()) == 0.0 and float(HeadAdapter(4, 8).conv.bias.abs().sum()) == 0.0
