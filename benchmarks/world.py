@@ -24,6 +24,7 @@ def bench_workflow(work: Path, quick: bool) -> Workflow:
     wf.world.dir = str(w)
     wf.world.n_images, wf.world.n_pretrain, wf.world.n_finetune = SIZES[kind]
     wf.world.n_eval_images, wf.world.n_eval = 2, 2
+    wf.world.tower_steps = 0  # cost benchmarks: a random tower costs the same per step
     for ds in [*wf.data.datasets, wf.data.eval]:
         ds.json = str(w / "data" / Path(ds.json).name)
         ds.image_root = str(w / "images")

@@ -100,11 +100,14 @@ def toy_student_config(vocab_size: int, vision_tower_dir: str | Path, grid: int 
 
 def write_random_checkpoint(path: str | Path, config: MobileVLMConfig, seed: int = 0,
                             vision_tower_from: str | Path | None = None,
-                            dtype: "torch.dtype | str | None" = None) -> Path:
+                            dtype: "torch.dtype | str | None" = None,
+                            vision_tower_state: dict[str, torch.Tensor] | None = None) -> Path:
     """Randomly initialise a MobileVLM from `config` under `seed` and save it to `path`.
 
     vision_tower_from: a checkpoint dir whose CLIP weights are copied in (teacher and student
-    share the frozen tower in reality; the tower configs must match)."""
+    share the frozen tower in reality; the tower configs must match).
+    vision_tower_state: CLIPVisionModel weights to load instead (e.g. the toy world's pre-trained
+    tower, `pipeline.toy.tower`)."""
     from pipeline.models.mobilevlm import MobileVLM
 
     torch.manual_seed(seed)
@@ -113,4 +116,6 @@ def write_random_checkpoint(path: str | Path, config: MobileVLMConfig, seed: int
         sd = from_released(read_state_dict(vision_tower_from))
         tower = {k[len(OURS_VISION):]: v for k, v in sd.items() if k.startswith(OURS_VISION)}
         model.vision_tower.vision_tower.load_state_dict(tower, strict=True)
+    elif vision_tower_state is not None:
+        model.vision_tower.vision_tower.load_state_dict(vision_tower_state, strict=True)
     return model.save_pretrained(path, dtype=dtype)

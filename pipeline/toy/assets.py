@@ -53,10 +53,12 @@ def embedded_lengths(convs: list[tuple[list[dict], str, bool]], tokenizer: Any, 
     return out
 
 
-def write_models(world: Path, tokenizer_dir: Path, vocab_size: int, seed: int, grid: int) -> dict[str, Path]:
+def write_models(world: Path, tokenizer_dir: Path, vocab_size: int, seed: int, grid: int,
+                 tower_state: dict | None = None) -> dict[str, Path]:
     """`vision_tower/` (the toy CLIP vision config), `teacher_init/` and `student_init/` (random
     MobileVLM-layout checkpoints built from the toy presets, same tokenizer and vocab, the
-    projector pooling to `grid` x `grid` vision tokens). The student's CLIP weights are copied from the teacher's: one frozen tower, as in
+    projector pooling to `grid` x `grid` vision tokens; the CLIP weights are `tower_state` when given,
+    the pre-trained toy tower of `pipeline.toy.tower`). The student's CLIP weights are copied from the teacher's: one frozen tower, as in
     the paper. `save_pretrained` gives each checkpoint its own `vision_tower/config.json` copy
     (relative `mm_vision_tower`), so a checkpoint dir is self-contained and relocatable; the
     tokenizer files are copied in for the same reason."""
@@ -64,7 +66,8 @@ def write_models(world: Path, tokenizer_dir: Path, vocab_size: int, seed: int, g
 
     dirs = {k: world / k for k in ("vision_tower", "teacher_init", "student_init")}
     vt = presets.write_vision_tower(dirs["vision_tower"], presets.toy_vision_config())
-    presets.write_random_checkpoint(dirs["teacher_init"], presets.toy_teacher_config(vocab_size, vt, grid), seed=seed)
+    presets.write_random_checkpoint(dirs["teacher_init"], presets.toy_teacher_config(vocab_size, vt, grid), seed=seed,
+                                    vision_tower_state=tower_state)
     presets.write_random_checkpoint(dirs["student_init"], presets.toy_student_config(vocab_size, vt, grid), seed=seed + 1,
                                     vision_tower_from=dirs["teacher_init"])
     for k in ("teacher_init", "student_init"):

@@ -16,7 +16,7 @@ from pipeline.toy.scenes import Scene, detailed_description, sample_scene
 from pipeline.toy.tasks import IMAGE_TASKS
 from pipeline.workflow import Workflow, WorldConfig
 
-GENERATOR_VERSION = 2  # bump when the same spec would produce different bytes (stale worlds then need --force)
+GENERATOR_VERSION = 3  # bump when the same spec would produce different bytes (stale worlds then need --force)
 # independent RNG streams (numpy seeds from [seed, stream, index]) so that changing one count
 # does not reshuffle everything else
 _S_TRAIN_SCENE, _S_EVAL_SCENE, _S_RENDER, _S_PRETRAIN, _S_FINETUNE, _S_EVAL, _S_PLAN = range(7)
@@ -47,6 +47,7 @@ class WorldSpec:
     num_vision_tokens: int
     short_limit: int
     long_limit: int
+    tower_steps: int
 
     @classmethod
     def from_workflow(cls, wf: Workflow) -> "WorldSpec":
@@ -54,7 +55,7 @@ class WorldSpec:
         limits = sorted(wf.data.subsets.values()) or [512, 2048]
         return cls(GENERATOR_VERSION, w.seed, w.image_size, w.n_images, w.n_eval_images, w.n_pretrain,
                    w.n_finetune, w.n_eval, w.long_fraction, w.multi_fraction, w.multi_turns, w.tokenizer_vocab, wf.models.num_vision_tokens,
-                   limits[0], limits[-1]).checked()
+                   limits[0], limits[-1], w.tower_steps).checked()
 
     @property
     def projector_grid(self) -> int:
@@ -72,6 +73,8 @@ class WorldSpec:
         elif not 0.0 <= self.long_fraction <= 1.0 - TEXT_FRACTION - self.multi_fraction:
             bad.append(f"world.long_fraction={self.long_fraction} (must be in [0, {1 - TEXT_FRACTION - self.multi_fraction:.2f}]"
                        " with this world.multi_fraction)")
+        if self.tower_steps < 0:
+            bad.append(f"world.tower_steps={self.tower_steps} (must be >= 0; 0 keeps a random tower)")
         if self.multi_turns < 2:
             bad.append(f"world.multi_turns={self.multi_turns} (must be >= 2)")
         if self.projector_grid**2 != self.num_vision_tokens or not 1 <= self.projector_grid <= 16:

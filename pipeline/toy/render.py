@@ -8,7 +8,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.toy.scenes import COLOURS, Scene
+from pipeline.toy.scenes import COLOURS, Obj, Scene
 
 
 def render(scene: Scene, image_size: int, rng: np.random.Generator) -> Image.Image:
@@ -25,19 +25,32 @@ def render(scene: Scene, image_size: int, rng: np.random.Generator) -> Image.Ima
     img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(img)
     for o in scene.objects:
-        fill = COLOURS[o.colour]
-        x0, y0, x1, y1 = o.cx - o.r, o.cy - o.r, o.cx + o.r, o.cy + o.r
-        if o.shape == "circle":
-            draw.ellipse((x0, y0, x1, y1), fill=fill)
-        elif o.shape == "square":
-            # a square of the same area as the circle would look small; 0.85 r keeps them alike
-            s = o.r * 0.85
-            draw.rectangle((o.cx - s, o.cy - s, o.cx + s, o.cy + s), fill=fill)
-        elif o.shape == "triangle":
-            draw.polygon([(o.cx, y0), (x1, y1), (x0, y1)], fill=fill)
-        else:
-            raise ValueError(f"scene {scene.image}: unknown shape {o.shape!r}")
+        _draw_shape(draw, scene, o, COLOURS[o.colour])
     return img
+
+
+def object_labels(scene: Scene, image_size: int) -> np.ndarray:
+    """[S, S] uint8 map: 0 = background, k + 1 = pixel of `scene.objects[k]`, drawn with the very
+    geometry `render` uses (the per-patch targets of the toy tower's pre-training)."""
+    img = Image.new("L", (image_size, image_size), 0)
+    draw = ImageDraw.Draw(img)
+    for k, o in enumerate(scene.objects):
+        _draw_shape(draw, scene, o, k + 1)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, scene: Scene, o: Obj, fill) -> None:
+    x0, y0, x1, y1 = o.cx - o.r, o.cy - o.r, o.cx + o.r, o.cy + o.r
+    if o.shape == "circle":
+        draw.ellipse((x0, y0, x1, y1), fill=fill)
+    elif o.shape == "square":
+        # a square of the same area as the circle would look small; 0.85 r keeps them alike
+        s = o.r * 0.85
+        draw.rectangle((o.cx - s, o.cy - s, o.cx + s, o.cy + s), fill=fill)
+    elif o.shape == "triangle":
+        draw.polygon([(o.cx, y0), (x1, y1), (x0, y1)], fill=fill)
+    else:
+        raise ValueError(f"scene {scene.image}: unknown shape {o.shape!r}")
 
 
 def png_bytes(img: Image.Image) -> bytes:

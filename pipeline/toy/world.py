@@ -81,7 +81,9 @@ from pipeline.toy.generate import (
     render_images,
     tokenizer_corpus,
 )
+from pipeline.models.presets import toy_vision_config
 from pipeline.toy.records import Draft, fit_turns, prefixes
+from pipeline.toy.tower import pretrain_tower
 from pipeline.workflow import Workflow
 
 WORLD_JSON = "world.json"
@@ -160,7 +162,13 @@ def _generate(spec: WorldSpec, d: Path, log_: Callable[[str], None]) -> dict:
     for name, recs in sets:
         (d / "data" / f"{name}.json").write_bytes(_json_bytes(recs))
     (d / "scenes.json").write_bytes(_json_bytes({s.image: s.to_json() for s in train + held}))
-    dirs = assets.write_models(d, d / "tokenizer", len(tok), spec.seed, spec.projector_grid)
+    tower, readout = None, {"steps": 0}  # world.tower_steps 0: a random tower (seeded by the teacher init)
+    if spec.tower_steps:
+        tower, readout = pretrain_tower(toy_vision_config(), train, held, d / "images", spec.seed, spec.tower_steps)
+        readout["steps"] = spec.tower_steps
+        log(f"pre-trained the vision tower ({readout['train_seconds']} s; held-out linear read-out: colour "
+            f"{readout['colour']:.2f}, shape {readout['shape']:.2f}, size {readout['size']:.2f}, object {readout['object']:.2f})")
+    dirs = assets.write_models(d, d / "tokenizer", len(tok), spec.seed, spec.projector_grid, tower)
     for k in ("teacher_init", "student_init"):  # the lengths above assumed this many
         if (n := assets.vision_tokens_of(dirs[k])) != spec.num_vision_tokens:
             raise WorldError(f"{k} emits {n} vision tokens but the workflow's models.num_vision_tokens is "
@@ -168,6 +176,7 @@ def _generate(spec: WorldSpec, d: Path, log_: Callable[[str], None]) -> dict:
     log("wrote the data JSON, the scenes and the teacher/student inits")
 
     st = stats.world_stats(spec, train, pretrain, finetune, evals, drafts, tok)
+    st["tower_readout"] = {k: v for k, v in readout.items() if k != "train_seconds"}  # seconds vary: not in the hashed spec
     files = {str(p.relative_to(d)): _sha(p.read_bytes()) for p in sorted(d.rglob("*")) if p.is_file()}
     meta = {"spec": asdict(spec), "stats": st, "files": files}
     (d / WORLD_JSON).write_bytes(_json_bytes(meta))

@@ -20,7 +20,8 @@ from pipeline.workflow import DataConfig, ModelsConfig, Workflow, WorldConfig
 
 from tests.pipeline.test_toy_tasks import oracle
 
-SMALL = dict(n_images=24, n_eval_images=8, n_pretrain=24, n_finetune=80, n_eval=21, tokenizer_vocab=300, long_fraction=0.15)
+SMALL = dict(n_images=24, n_eval_images=8, n_pretrain=24, n_finetune=80, n_eval=21, tokenizer_vocab=300, long_fraction=0.15,
+             tower_steps=0)  # a random tower: these tests check the generator, not the tower (test_toy_tower.py)
 
 
 def small_workflow(seed: int = 0, **over) -> Workflow:

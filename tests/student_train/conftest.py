@@ -66,6 +66,7 @@ def _build(root: Path):
     w = root / "world"
     wf.world.dir = str(w)
     wf.world.n_images, wf.world.n_eval_images = 8, 2
+    wf.world.tower_steps = 0  # a random tower: fast, and these tests need shapes, not vision
     wf.world.n_pretrain, wf.world.n_finetune, wf.world.n_eval = 6, 10, 2
     for ds in [*wf.data.datasets, wf.data.eval]:
         ds.json = str(w / "data" / Path(ds.json).name)

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 ALIGNKD = REPO / ".venv" / "bin" / "alignkd"
 
 # a world small enough for 2 shared cores: ~20 short samples, ~12 images, one text-only sample
-WORLD = dict(seed=0, image_size=64, n_images=12, n_eval_images=2, n_pretrain=8, n_finetune=16, n_eval=2,
+WORLD = dict(seed=0, tower_steps=0, image_size=64, n_images=12, n_eval_images=2, n_pretrain=8, n_finetune=16, n_eval=2,
              tokenizer_vocab=300)
 DUMP = dict(workers=2, batch_size=4, unit_size=4, max_retries=2)
 
