@@ -88,6 +88,7 @@ def demo(
               "alignkd": students / "alignkd" / "finetune" / "final"}
     for name, path in models.items():
         args = ["eval", "--workflow", w, "--model", str(path), "--out", str(report / "eval" / name)]
+        args += ["--teacher", str(models["teacher"])] if name != "teacher" else []
         if wf.demo.eval_limit:
             args += ["--limit", str(wf.demo.eval_limit)]
         run(f"evaluate the {name} model on the held-out split", args)

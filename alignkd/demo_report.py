@@ -24,6 +24,19 @@ def accuracy_table(report: Path) -> dict[str, dict]:
     return {m: json.loads((report / "eval" / m / "summary.json").read_text()) for m in MODELS}
 
 
+# (a, b) pairs the report compares, each as a paired 95% bootstrap over the same questions
+COMPARISONS = (("teacher", "sft"), ("alignkd", "sft"), ("teacher", "alignkd"))
+
+
+def paired_comparisons(report: Path) -> dict[str, dict]:
+    """{"a-b": paired_diff} of exact match from the models' predictions.jsonl (same questions)."""
+    from pipeline.paired import correctness, paired_diff
+
+    preds = {m: _read_jsonl(report / "eval" / m / "predictions.jsonl") for m in MODELS}
+    ids, _ = correctness(preds["sft"])
+    return {f"{a}-{b}": paired_diff(correctness(preds[a], ids)[1], correctness(preds[b], ids)[1]) for a, b in COMPARISONS}
+
+
 def plot_accuracy(acc: dict[str, dict], path: Path) -> None:
     """Per-task exact match of the three models (a bar version of the paper's Figure 1)."""
     tasks = sorted({t for s in acc.values() for t in s["per_task"]}) + ["overall"]
@@ -68,14 +81,19 @@ def write_report(report: Path, models: dict[str, Path], students: Path, heatmaps
     for m in MODELS:
         cells = [f"{acc[m]['per_task'].get(t, {}).get('acc', float('nan')):.3f}" for t in tasks]
         rows.append(f"| {LABELS[m]} | **{acc[m]['overall']:.3f}** | " + " | ".join(cells) + " |")
-    gap = acc["teacher"]["overall"] - acc["sft"]["overall"]
-    gain = acc["alignkd"]["overall"] - acc["sft"]["overall"]
-    verdict = (f"Teacher − SFT student = {gap:+.3f} (what distillation could close); "
-               f"Align-KD − SFT student = {gain:+.3f} on {acc['sft']['n']} held-out questions.")
+    from pipeline.paired import fmt_diff
+
+    cmp = paired_comparisons(report)
+    verdict = (f"Differences in points of exact match on the same {acc['sft']['n']} held-out questions, with paired "
+               "95% bootstrap intervals: teacher − SFT student " + fmt_diff(cmp["teacher-sft"]) +
+               " (what distillation could close); Align-KD − SFT student " + fmt_diff(cmp["alignkd-sft"]) +
+               "; teacher − Align-KD student " + fmt_diff(cmp["teacher-alignkd"]) + ".")
     other = {m: acc[m].get("other_image") for m in MODELS}
     if all(other.values()):
         verdict += ("\n\nWith another record's image (same questions): " + ", ".join(
-            f"{LABELS[m]} {other[m]['overall']:.3f} (drop {other[m]['drop']:+.3f})" for m in MODELS)
+            f"{LABELS[m]} {other[m]['overall']:.3f} (drop {other[m]['drop']:+.3f}"
+            + (f", 95% [{other[m]['drop_ci95'][0]:+.3f}, {other[m]['drop_ci95'][1]:+.3f}])" if "drop_ci95" in other[m] else ")")
+            for m in MODELS)
             + "; the drop is what each model answers from the image.")
     use = {m: acc[m].get("image_use") for m in MODELS}
     use_rows = []
@@ -88,11 +106,22 @@ def write_report(report: Path, models: dict[str, Path], students: Path, heatmaps
                     "| model | own image | other image | gap |", "|---|---|---|---|",
                     *[f"| {LABELS[m]} | {use[m]['loss_own_image']:.3f} | {use[m]['loss_other_image']:.3f} | "
                       f"**{use[m]['gap']:+.3f}** |" for m in MODELS], ""]
+    tr = {m: acc[m].get("transfer") for m in ("sft", "alignkd")}
+    transfer_rows = []
+    if all(tr.values()):
+        transfer_rows = ["## Transfer from the teacher (held-out questions, no accuracy involved)", "",
+                         "Each student's reverse KL to the teacher on the answer tokens (lower: closer to the "
+                         "teacher's output distribution) and the agreement of its head-averaged first-layer "
+                         "T→V attention with the teacher's (Pearson r over every text-query × vision-token entry; "
+                         "MSE). An SFT student never saw the teacher: the difference is what distillation moved.", "",
+                         "| student | reverse KL (nats/token) | attention r | attention MSE |", "|---|---|---|---|",
+                         *[f"| {LABELS[m]} | {tr[m]['rkl']:.4f} | {tr[m].get('attn_corr', float('nan')):.3f} | "
+                           f"{tr[m].get('attn_mse', float('nan')):.2e} |" for m in ("sft", "alignkd")], ""]
     md = [
         "# alignkd demo report", "",
         f"Whole pipeline in {seconds / 60:.1f} min. Models: " + ", ".join(f"`{p}`" for p in models.values()), "",
         "## Held-out exact match", "", *rows, "", verdict, "",
-        "![accuracy](accuracy.png)", "", *use_rows, "## Training losses", "", "![losses](losses.png)", "",
+        "![accuracy](accuracy.png)", "", *transfer_rows, *use_rows, "## Training losses", "", "![losses](losses.png)", "",
         "## Teacher first-layer T→V attention over the image (from the cache; focus tokens marked)", "",
         *[f"![{p.stem}]({p.name})" for p in heatmaps], "",
         "## Layer probe of the teacher (paper §3.1, Figure 2)", "", "![probe](probe_teacher/layers.png)", "",
@@ -100,7 +129,8 @@ def write_report(report: Path, models: dict[str, Path], students: Path, heatmaps
         *[f"| {s['step']} | {s['title']} | {s['seconds']} | `{s['command']}` |" for s in steps], "",
     ]
     (report / "summary.md").write_text("\n".join(md))
-    (report / "summary.json").write_text(json.dumps({"accuracy": acc, "steps": steps, "seconds": seconds}, indent=2))
+    (report / "summary.json").write_text(json.dumps({"accuracy": acc, "comparisons": cmp, "steps": steps,
+                                                     "seconds": seconds}, indent=2))
     gaps = "" if not all(use.values()) else "\nimage-use gap (nats/token): " + ", ".join(
         f"{LABELS[m]} {use[m]['gap']:+.3f}" for m in MODELS)
     return "\n".join(rows) + "\n" + verdict + gaps

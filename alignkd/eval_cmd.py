@@ -15,11 +15,16 @@ def eval_model(
     limit: int = typer.Option(0, help="evaluate only the first N records (0: all)"),
     batch_size: int = typer.Option(0, help="0: the workflow's eval.batch_size"),
     tokenizer: Path = typer.Option(None, help="tokenizer dir (default: the model dir if it has one, else data.tokenizer)"),
+    teacher: Path = typer.Option(None, help="a teacher checkpoint: also measure transfer (the model's reverse KL to it "
+                                            "on the answers, agreement of first-layer T→V attention)"),
+    compare: Path = typer.Option(None, help="another model's predictions.jsonl on the same split: paired 95% interval "
+                                            "of the exact-match difference (this model minus that one)"),
 ) -> None:
     """Evaluate MODEL on the workflow's held-out split; writes predictions.jsonl and summary.json."""
     from transformers import AutoTokenizer
 
     from pipeline.evaluation import evaluate, image_use, summarise, with_other_images, write_predictions
+    from pipeline.paired import paired_diff
     from pipeline.models import MobileVLM
     from pipeline.workflow import load_workflow
 
@@ -41,7 +46,9 @@ def eval_model(
         swapped = evaluate(m, tok, with_other_images(records), wf.data.eval.image_root, wf.data.eval.template,
                            batch_size or wf.eval.batch_size, wf.eval.max_new_tokens)
         sw = summarise(swapped)
+        drop = paired_diff([p.correct for p in preds], [p.correct for p in swapped])
         summary["other_image"] = {"overall": sw["overall"], "drop": round(summary["overall"] - sw["overall"], 4),
+                                  "drop_ci95": [drop["lo"], drop["hi"]],
                                   "per_task": {t: v["acc"] for t, v in sw["per_task"].items()}}
     if wf.data.eval_captions is not None:  # image use on the held-out images' captions
         caps = json.loads(Path(wf.data.eval_captions.json).read_text())
@@ -49,15 +56,48 @@ def eval_model(
         if len(caps) >= 2:
             summary["image_use"] = image_use(m, tok, caps, wf.data.eval_captions.image_root,
                                              wf.data.eval_captions.template, batch_size or wf.eval.batch_size)
+    if teacher is not None:
+        from pipeline.analysis.transfer import transfer_metrics  # noqa: PLC0415
+
+        summary["transfer"] = {"teacher": str(teacher), **transfer_metrics(
+            m, MobileVLM.from_pretrained(teacher), tok, records, wf.data.eval.image_root, wf.data.eval.template,
+            batch_size or wf.eval.batch_size)}
+    if compare is not None:
+        summary["compare"] = {"other": str(compare), **compare_predictions(preds, compare)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     typer.echo(f"{model}: exact match {summary['overall']:.3f} on {summary['n']} questions")
     for task, s in summary["per_task"].items():
         typer.echo(f"  {task:<12} {s['acc']:.3f}  (n={s['n']})")
     if "other_image" in summary:
         o = summary["other_image"]
-        typer.echo(f"  with another record's image: exact match {o['overall']:.3f} (drop {o['drop']:+.3f}: what it reads from the image)")
+        lo, hi = o["drop_ci95"]
+        typer.echo(f"  with another record's image: exact match {o['overall']:.3f} (drop {o['drop']:+.3f}, 95% "
+                   f"[{lo:+.3f}, {hi:+.3f}]: what it reads from the image)")
+    if "transfer" in summary:
+        t = summary["transfer"]
+        typer.echo(f"  transfer from {teacher}: reverse KL {t['rkl']:.4f} nats/answer token, first-layer T→V attention "
+                   f"r = {t.get('attn_corr', float('nan')):.3f}")
+    if "compare" in summary:
+        c = summary["compare"]
+        typer.echo(f"  minus {compare}: {c['diff']:+.3f} exact match, paired 95% [{c['lo']:+.3f}, {c['hi']:+.3f}]")
     if "image_use" in summary:
         u = summary["image_use"]
         typer.echo(f"  image use: caption loss {u['loss_own_image']:.3f} with its own image, {u['loss_other_image']:.3f} "
                    f"with another: gap {u['gap']:+.3f} nats/token over {u['n_captions']} held-out captions")
     typer.echo(f"predictions: {out / 'predictions.jsonl'}")
+
+
+def compare_predictions(preds: list, other: Path) -> dict:
+    """Paired bootstrap of (this model − the model of `other` predictions.jsonl) on the same questions."""
+    from pipeline.paired import correctness, paired_diff  # noqa: PLC0415
+
+    try:
+        rows = [json.loads(line) for line in other.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise typer.BadParameter(f"--compare {other}: cannot read predictions.jsonl ({e})") from None
+    ids = [p.question_id for p in preds]
+    try:
+        _, b = correctness(rows, ids)
+    except ValueError as e:
+        raise typer.BadParameter(f"--compare {other}: {e}") from None
+    return paired_diff([p.correct for p in preds], b)

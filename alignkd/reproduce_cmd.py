@@ -58,6 +58,7 @@ class Run:
     seed: int
     dir: Path
     workflow: str  # the workflow file its commands read
+    teacher: str = "runs/toy/teacher"  # the teacher its eval measures transfer from (models.teacher)
 
     @property
     def name(self) -> str:
@@ -76,7 +77,7 @@ class Run:
 
     def eval_args(self, eval_limit: int) -> list[str]:
         args = ["eval", "--workflow", self.workflow, "--model", str(self.dir / "finetune" / "final"),
-                "--out", str(self.dir / "eval")]
+                "--out", str(self.dir / "eval"), "--teacher", self.teacher]
         return args + (["--limit", str(eval_limit)] if eval_limit > 0 else [])
 
 
@@ -144,7 +145,7 @@ def make_plan(workflow: Path, wf, seeds: list[int], presets: list[str], subsets:
             # invocation (another --presets must not become a provenance mismatch with it)
             derived = derived or cache_workflow(workflow, wf, attn_needs(list(PRESETS)), out)
             wf_of[p] = str(derived)
-    runs = [Run(s, p, seed, out / "runs" / s / p / f"seed_{seed}", wf_of[p])
+    runs = [Run(s, p, seed, out / "runs" / s / p / f"seed_{seed}", wf_of[p], wf.models.teacher)
             for seed in seeds for s, p in pairs(cfg, presets, subsets)]
     return runs, derived
 

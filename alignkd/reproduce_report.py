@@ -75,7 +75,30 @@ def aggregate(runs: list) -> tuple[dict, list[str]]:
             continue
         b = dict(zip(base["seeds"], base["overall"]["values"]))
         res["delta_vs_sft"] = _stats([v - b[s] for s, v in zip(res["seeds"], res["overall"]["values"]) if s in b])
+        res["delta_ci95"] = _paired_ci(groups[key], groups[f"{res['subset']}/sft"], set(done))
+    for key, rs in groups.items():  # transfer from the teacher (eval --teacher): reverse KL, attention agreement
+        tr = [s["transfer"] for r in rs if r.name in done and "transfer" in (s := done[r.name])]
+        results[key]["transfer_rkl"] = _stats([t["rkl"] for t in tr])
+        results[key]["transfer_attn_r"] = _stats([t["attn_corr"] for t in tr if "attn_corr" in t])
     return results, tasks
+
+
+def _paired_ci(runs: list, sft_runs: list, done: set[str]) -> list[float] | None:
+    """95% paired bootstrap interval of (preset − SFT) exact match over seeds (the seeds both have)
+    and questions (the same held-out questions): [lo, hi], or None without predictions."""
+    from pipeline.paired import correctness, paired_diff  # noqa: PLC0415
+
+    sft = {r.seed: r for r in sft_runs if r.name in done}
+    pairs = [(r, sft[r.seed]) for r in runs if r.name in done and r.seed in sft]
+    files = [(r.dir / "eval" / "predictions.jsonl", b.dir / "eval" / "predictions.jsonl") for r, b in pairs]
+    if not files or not all(a.is_file() and b.is_file() for a, b in files):
+        return None
+    read = lambda f: [json.loads(x) for x in f.read_text().splitlines() if x.strip()]  # noqa: E731
+    ids, _ = correctness(read(files[0][1]))
+    a = [correctness(read(fa), ids)[1] for fa, _ in files]
+    b = [correctness(read(fb), ids)[1] for _, fb in files]
+    d = paired_diff(a, b)
+    return [d["lo"], d["hi"]]
 
 
 def _cell(st: dict | None) -> str:
@@ -84,10 +107,11 @@ def _cell(st: dict | None) -> str:
     return f"{100 * st['mean']:.1f}" + (f" ± {100 * st['std']:.1f}" if st["std"] is not None else "")
 
 
-def _delta(st: dict | None) -> str:
+def _delta(st: dict | None, ci: list[float] | None = None) -> str:
     if not st or st["mean"] is None:
         return ""
-    return f"{100 * st['mean']:+.1f}" + (f" ± {100 * st['std']:.1f}" if st["std"] is not None else "")
+    return (f"{100 * st['mean']:+.1f}" + (f" ± {100 * st['std']:.1f}" if st["std"] is not None else "")
+            + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else ""))
 
 
 def _gap(st: dict | None) -> str:
@@ -98,13 +122,16 @@ def _gap(st: dict | None) -> str:
 
 def _table(head: list[str], rows: list[tuple[list[str], dict]], tasks: list[str]) -> list[str]:
     """rows: (leading cells + the paper's Avg. last, aggregated result)."""
-    cols = head + ["seeds", *tasks, "**overall**", "Δ vs SFT", "image-use gap", "paper Avg."]
+    cols = head + ["seeds", *tasks, "**overall**", "Δ vs SFT [95%]", "RKL to teacher", "T→V attn r", "image-use gap",
+                   "paper Avg."]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for cells, res in rows:
         first, paper = cells[:-1], cells[-1]
         n = f"{len(res['seeds'])}/{res['n_planned']}"
         cells = [_cell(res["per_task"].get(t)) for t in tasks]
-        lines.append("| " + " | ".join([*first, n, *cells, f"**{_cell(res['overall'])}**", _delta(res["delta_vs_sft"]),
+        lines.append("| " + " | ".join([*first, n, *cells, f"**{_cell(res['overall'])}**",
+                                          _delta(res["delta_vs_sft"], res.get("delta_ci95")),
+                                          _gap(res.get("transfer_rkl")), _gap(res.get("transfer_attn_r")),
                                           _gap(res.get("image_use_gap")), paper]) + " |")
     return lines
 
@@ -153,7 +180,10 @@ def write_report(out: Path, runs: list, meta: dict, seconds: float) -> str:
         f"Held-out exact match (%) on {n_q} questions of the toy eval split, per task type "
         f"({', '.join(f'{t} {n}' for t, n in n_task.items())}) and overall: mean ± sample std over seeds "
         f"{seeds} (`seeds`: finished/planned). Δ vs SFT: the difference from the SFT-only student of the same "
-        "subset, paired by seed. *image-use gap*: how much the loss on held-out image descriptions (nats/token) rises when the "
+        "subset, paired by seed, with its 95% paired bootstrap interval over seeds and questions in brackets. "
+        "*RKL to teacher* (nats per answer token) and *T→V attn r* (head-averaged first-layer text→vision "
+        "attention vs the teacher's): transfer measured without accuracy (`pipeline.analysis.transfer`). "
+        "*image-use gap*: how much the loss on held-out image descriptions (nats/token) rises when the "
         "model is shown another image (0: image-blind; `pipeline.evaluation.image_use`). "
         "*paper Avg.* is the paper's average over its six benchmarks (MobileVLM V2 "
         "1.7B students of a 7B teacher): compare the direction of each effect, not the value.", "",

@@ -17,7 +17,7 @@ ALIGNKD = str(Path(sys.executable).with_name("alignkd"))
 
 def small_workflow(tmp: Path) -> Path:
     wf = yaml.safe_load((REPO / "workflows/toy.yaml").read_text())
-    wf["world"].update(n_images=48, n_eval_images=16, n_pretrain=48, n_finetune=96, n_eval=24)
+    wf["world"].update(n_images=48, n_eval_images=16, n_pretrain=48, n_finetune=96, n_eval=24, tower_steps=20)
     wf["demo"].update(teacher_pretrain_steps=3, teacher_finetune_steps=6, heatmaps=1)
     wf["train"]["deepspeed_config"] = str(REPO / "workflows/zero2.json")
     wf["train"]["save_every"] = 0
@@ -56,10 +56,25 @@ def test_shortened_demo_runs_every_stage_and_writes_the_report(tmp_path):
         assert got["other_image"]["drop"] == pytest.approx(got["overall"] - got["other_image"]["overall"], abs=1e-4)
         use = got["image_use"]
         assert use["n_captions"] == 16 and use["gap"] == pytest.approx(use["loss_other_image"] - use["loss_own_image"], abs=2e-4)
+    # transfer (no accuracy involved) of both students, and the paired intervals of the report
+    acc = {n: json.loads((report / "eval" / n / "summary.json").read_text()) for n in ("teacher", "sft", "alignkd")}
+    for name in ("sft", "alignkd"):
+        tr = acc[name]["transfer"]
+        assert tr["n_records"] == 24 and tr["n_answer_tokens"] >= 24 and tr["rkl"] > 0 and "attn_corr" in tr, tr
+    comps = json.loads((report / "summary.json").read_text())["comparisons"]
+    assert set(comps) == {"teacher-sft", "alignkd-sft", "teacher-alignkd"}
+    for pair, c in comps.items():
+        a, b = pair.split("-")
+        assert c["diff"] == pytest.approx(acc[a]["overall"] - acc[b]["overall"], abs=1e-4)
+        assert c["lo"] <= c["diff"] <= c["hi"] and c["n_questions"] == 24
+    # the adapters pre-training trained are what fine-tuning starts from
+    assert (run / "students/alignkd/pretrain/adapters.pt").is_file()
+    assert "adapters carried from" in proc.stdout + proc.stderr
     metrics = (run / "students/alignkd/finetune/metrics.jsonl").read_text().splitlines()
     assert metrics and {"rkl", "attn", "focus", "all_tokens", "sup"} <= set(json.loads(metrics[-1]))
     summary = (report / "summary.md").read_text()
     assert "Align-KD student" in summary and "alignkd teacher-dump" in summary and "## Image use" in summary
-    assert "With another record's image" in summary
+    assert "With another record's image" in summary and "paired 95% bootstrap" in summary
+    assert "## Transfer from the teacher" in summary
     for png in ("accuracy.png", "losses.png", "attention_0.png", "probe_teacher/layers.png"):
         assert (report / png).stat().st_size > 1000, png
