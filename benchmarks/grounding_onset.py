@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="optional JSON file for the curve")
+    ap.add_argument("--save", default=None, help="optional checkpoint dir for the trained model (e.g. to chain captions -> QA)")
     a = ap.parse_args(argv)
 
     from transformers import AutoTokenizer
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       f"other {u['loss_other_image']:.3f}  gap {u['gap']:+.3f}{more}  cpu {row['cpu_s']:.0f} s", flush=True)
     if a.out:
         Path(a.out).write_text(json.dumps({"args": vars(a), "curve": curve}, indent=2))
+    if a.save:
+        model.save_pretrained(a.save)
     return curve
 
 
