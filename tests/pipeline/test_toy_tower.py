@@ -74,5 +74,5 @@ def test_pretrained_tower_is_deterministic_and_linearly_readable(tmp_path):
     base = readout(rand, heads, *_load(held, tmp_path / "images", vision))
     assert rep["colour"] >= 0.75 and rep["object"] >= 0.95, rep  # 60 steps; the default 300 reach ~0.99
     assert rep["colour"] > base["colour"] + 0.2, (rep, base)
-    assert rep["row"] == rep["col"] == 1.0
+    assert min(rep["row"], rep["col"]) >= 0.99  # the cell of a patch is its position embedding: read at once
     assert np.isfinite(rep["final_train_loss"])
