@@ -227,7 +227,7 @@ def test_a_token_count_the_projector_cannot_pool_to_is_refused(tmp_path):
 
 
 def test_multi_turn_packing_follows_the_world_config(tmp_path):
-    """world.multi_fraction / multi_turns (workflows/toy_grounded.yaml): more records are multi-turn
+    """world.multi_fraction / multi_turns (workflows/toy.yaml): more records are multi-turn
     and they carry more one-word questions about their image, each within the short limit."""
     from pipeline.toy.records import one_word_pairs
 

@@ -53,7 +53,7 @@ def test_vars_name_paths_once_and_undefined_ones_are_errors(tmp_path):
     assert load_workflow(p).models.teacher == "/data/x/teacher"
 
 
-@pytest.mark.parametrize("name", ["mobilevlm_v2.yaml", "toy.yaml"])
+@pytest.mark.parametrize("name", ["mobilevlm_v2.yaml", "toy.yaml", "toy_dev.yaml"])
 def test_shipped_workflows_load(name):
     load_workflow(REPO / "workflows" / name)
 
@@ -72,15 +72,22 @@ def test_deepspeed_json_beside_the_workflow_is_found_from_another_directory(tmp_
     assert load_workflow(yml).train.deepspeed_config == "workflows/zero2.json"
 
 
-def test_the_grounded_toy_workflow_differs_from_toy_only_in_packing_subsets_paths_and_teacher_budget():
+def test_the_dev_workflow_differs_from_toy_only_in_seed_name_and_paths():
+    """Settings are tuned on workflows/toy_dev.yaml and reported on workflows/toy.yaml: the two must
+    be the same recipe on two worlds (issue 13: honest tuning)."""
     from dataclasses import asdict
 
-    toy, grounded = load_workflow(REPO / "workflows/toy.yaml"), load_workflow(REPO / "workflows/toy_grounded.yaml")
-    swap = lambda d: {k: (v.replace("runs/toy_grounded", "runs/toy") if isinstance(v, str) else v) for k, v in d.items()}  # noqa: E731
-    for section in ("dump", "models", "cache", "train"):  # same recipe, same models, same cache layout
-        assert swap(asdict(getattr(grounded, section))) == asdict(getattr(toy, section)), section
-    g, t = asdict(grounded.world), asdict(toy.world)
-    assert {k for k in g if g[k] != t[k]} == {"dir", "multi_fraction", "multi_turns"}
-    assert grounded.world.multi_fraction > toy.world.multi_fraction and grounded.world.multi_turns > toy.world.multi_turns
-    assert grounded.demo.teacher_finetune_steps > toy.demo.teacher_finetune_steps
-    assert grounded.demo.student_subset == toy.demo.student_subset  # the students' budget is the same
+    toy, dev = load_workflow(REPO / "workflows/toy.yaml"), load_workflow(REPO / "workflows/toy_dev.yaml")
+    swap = lambda v: v.replace("runs/toy_dev", "runs/toy") if isinstance(v, str) else v  # noqa: E731
+
+    def norm(x):
+        if isinstance(x, dict):
+            return {k: norm(v) for k, v in x.items() if k != "source"}
+        if isinstance(x, list):
+            return [norm(v) for v in x]
+        return swap(x)
+
+    a, b = norm(asdict(toy)), norm(asdict(dev))
+    assert b["world"].pop("seed") == 1 and a["world"].pop("seed") == 0
+    assert (a.pop("name"), b.pop("name")) == ("toy", "toy_dev")
+    assert a == b
