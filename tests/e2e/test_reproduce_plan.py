@@ -59,7 +59,12 @@ def _finished_run(root: Path, subset: str, preset: str, seed: int, accs: tuple[f
     summary = {"overall": sum(accs) / 2, "n": 20, "per_task": per}
     if gap is not None:
         summary["image_use"] = {"loss_own_image": 1.0, "loss_other_image": 1.0 + gap, "gap": gap}
+        summary["transfer"] = {"rkl": 2 * gap, "attn_corr": 1 - gap}
     run.summary.write_text(json.dumps(summary))
+    # the per-question answers the paired interval is bootstrapped from: 10 questions per task,
+    # the first acc*10 of them right
+    preds = [{"question_id": f"{t}-{i}", "task": t, "correct": i < round(a * 10)} for t, a in zip(TASKS, accs) for i in range(10)]
+    (run.dir / "eval" / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
     (run.dir / "reproduce_run.json").write_text(json.dumps({"budget": budget, "train_seconds": 60.0, "eval_seconds": 5.0,
                                                             "commands": ["alignkd student-train", "alignkd eval"]}))
     return run
@@ -85,10 +90,13 @@ def test_tables_mean_std_and_paired_delta(tmp_path):
     assert [r["result"] for r in doc["tables"]["table4"]["rows"]] == ["short/all", "short/vv"]
     assert [r["result"] for r in doc["tables"]["table1"]["rows"]] == ["short/sft", "short/all"]
     row = next(x for x in md.splitlines() if x.startswith("| + all vision tokens"))
-    assert "| 2/2 | 70.0 ± 14.1 | 50.0 ± 14.1 | **60.0 ± 14.1** | +15.0 ± 7.1 | +0.200 ± 0.141 | 64.4 |" in row
+    lo, hi = al["delta_ci95"]  # paired over seeds and questions: contains the mean
+    assert 0.0 <= lo < 0.15 < hi <= 0.35
+    assert (f"| 2/2 | 70.0 ± 14.1 | 50.0 ± 14.1 | **60.0 ± 14.1** | +15.0 ± 7.1 [{100 * lo:+.1f}, {100 * hi:+.1f}] "
+            "| +0.400 ± 0.283 | +0.800 ± 0.141 | +0.200 ± 0.141 | 64.4 |") in row
     sft_row = next(x for x in md.splitlines() if x.startswith("| Supervised fine-tuning") or "`sft`" in x)
     assert "| — |" in sft_row  # runs without an image-use measure show none
-    assert next(x for x in md.splitlines() if x.startswith("| A_vv")).count("—") == 4  # two tasks, overall, image-use gap
+    assert next(x for x in md.splitlines() if x.startswith("| A_vv")).count("—") == 6  # 2 tasks, overall, transfer x2, image use
     assert "| Short / 99 | - | `sft` |" in md
 
 
