@@ -34,8 +34,12 @@ LOSSLESS_RTOL = 1e-5
 # over all trainable parameters (student + adapters) together; angle: its angle to the online
 # gradient in degrees. Measured (worst micro-batch):
 #   encoding only (u8sqrt attention, f16 log-probs, f16 vision tokens; top-k = vocab):
-#     sup 0, rkl 9.0e-6, attn 1.0e-6, focus 2.1e-6 (up to 8.4e-6), all_tokens 3.5e-6 (4.3e-6),
-#     grad 1.4e-4, angle 0.008°
+#     sup 0, rkl 1.9e-6 (up to 9.0e-6), attn 6.2e-4, focus 9.6e-6, all_tokens 3.9e-6,
+#     grad 1.3e-4 (up to 1.4e-4), angle 0.007°
+#     (attn was 1.0e-6 while HeadAdapter started with PyTorch's random conv bias: that bias made
+#     L_attn ~0.1, so u8sqrt's absolute error vanished in it. The adapter now starts as bias-free
+#     head averaging and L_attn is ~1e-3, the scale of the teacher's signal, so the same absolute
+#     quantisation error is 6.2e-4 of the term — the honest figure.)
 #   default store (the same + top-64 with the tail as one bucket):
 #     rkl 0.33 (the bucket form is a lower bound of the dense KL, and a random student puts ~85% of
 #     its mass in the teacher's tail), grad 0.49 (up to 0.59), angle 29° (up to 35°)
@@ -43,7 +47,7 @@ LOSSLESS_RTOL = 1e-5
 # (ranges: runs whose adapter initialisations differed.) So the value encoding costs < 1e-5 of
 # every term; the top-k truncation is what separates the modes, and only while the student is far
 # from the teacher.
-ENCODING_BOUNDS = {"sup": 1e-6, "rkl": 1e-4, "attn": 1e-4, "focus": 1e-4, "all_tokens": 1e-4, "grad": 1e-3,
+ENCODING_BOUNDS = {"sup": 1e-6, "rkl": 1e-4, "attn": 2e-3, "focus": 1e-4, "all_tokens": 1e-4, "grad": 1e-3,
                    "angle": 0.1}
 LOSSY_BOUNDS = {**ENCODING_BOUNDS, "rkl": 0.4, "grad": 0.75, "angle": 45.0}
 NEAR_BOUNDS = {"near_angle": 0.5}
