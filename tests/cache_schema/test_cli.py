@@ -70,7 +70,8 @@ def test_show_with_tokenizer_png_and_manifest(store_path, tmp_path):
     assert "attn first.tv: [2," in res.output and "focus (3):" in res.output and "'w" in res.output
     assert Image.open(tmp_path / "a.png").size[0] > 100
     res = _run("show", store_path, "vg/0", "--png", tmp_path / "b.png", "--manifest", tmp_path / "m.parquet")
-    assert res.exit_code == 0, res.output and (tmp_path / "b.png").is_file()
+    assert res.exit_code == 0, res.output
+    assert Image.open(tmp_path / "b.png").size[0] > 100  # --manifest found the image: the heat map is drawn on it
     res = _run("show", store_path, "nope/0")
     assert res.exit_code == 1 and "nope/0" in res.output
 

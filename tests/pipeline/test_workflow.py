@@ -55,7 +55,8 @@ def test_vars_name_paths_once_and_undefined_ones_are_errors(tmp_path):
 
 @pytest.mark.parametrize("name", ["mobilevlm_v2.yaml", "toy.yaml", "toy_dev.yaml"])
 def test_shipped_workflows_load(name):
-    load_workflow(REPO / "workflows" / name)
+    wf = load_workflow(REPO / "workflows" / name)
+    assert isinstance(wf, Workflow) and wf.models.teacher and wf.models.student and wf.cache.logits_topk > 0
 
 
 def test_deepspeed_json_beside_the_workflow_is_found_from_another_directory(tmp_path, monkeypatch):
