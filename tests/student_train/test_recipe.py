@@ -328,9 +328,14 @@ def test_two_rank_zero2_launch_and_bit_exact_resume(tiny_world, tiny_store, tmp_
     shutil.rmtree(cut / "finetune" / "checkpoints" / "step4")
     shutil.rmtree(cut / "finetune" / "final")
     (cut / "finetune" / "checkpoints" / "latest").write_text("step2")
+    # mark the interrupted run's rows 1-2: a resume keeps them, a silent restart from step 0 rewrites
+    # them (the replayed values alone could not tell the two apart: the run is deterministic)
+    mpath = cut / "finetune" / "metrics.jsonl"
+    mpath.write_text("".join(json.dumps({**r, "interrupted_run": True}) + "\n" for r in ref[:2]))
     p = _alignkd(*common, "--out", str(cut), "--resume")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-6000:]
-    got = read_metrics(cut / "finetune" / "metrics.jsonl")
+    got = read_metrics(mpath)
+    assert [r.get("interrupted_run", False) for r in got] == [True, True, False, False], "resume restarted from step 0"
     keys = ("step", "loss", "sup", "rkl", "attn", "focus", "all_tokens", "grad_norm", "lr/llm", "lr/projector")
     assert [[r[k] for k in keys] for r in got] == [[r[k] for k in keys] for r in ref]  # bit for bit
     a, b = MobileVLM.from_pretrained(full / "finetune" / "final"), MobileVLM.from_pretrained(cut / "finetune" / "final")
