@@ -71,7 +71,9 @@ def test_show_with_tokenizer_png_and_manifest(store_path, tmp_path):
     assert Image.open(tmp_path / "a.png").size[0] > 100
     res = _run("show", store_path, "vg/0", "--png", tmp_path / "b.png", "--manifest", tmp_path / "m.parquet")
     assert res.exit_code == 0, res.output
-    assert Image.open(tmp_path / "b.png").size[0] > 100  # --manifest found the image: the heat map is drawn on it
+    assert _run("show", store_path, "vg/0", "--png", tmp_path / "c.png").exit_code == 0
+    # --manifest found the image and the heat map is drawn over it, unlike the bare one
+    assert (tmp_path / "b.png").read_bytes() != (tmp_path / "c.png").read_bytes()
     res = _run("show", store_path, "nope/0")
     assert res.exit_code == 1 and "nope/0" in res.output
 
