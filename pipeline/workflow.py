@@ -14,7 +14,25 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+# fixed choices, checked at load (every bad value listed with the others); the code that uses a
+# value may still check what depends on other sections (e.g. a subset name against data.subsets)
+Template = Literal["plain", "v1"]
+Stage = Literal["pretrain", "finetune"]
+ImageCheck = Literal["load", "verify"]
+AttnBlock = Literal["tv", "vv", "tt", "full"]
+AttnLayer = Literal["first", "last"]
+ComputeDtype = Literal["float32", "float16", "bfloat16"]
+# student_train.losses.PRESETS has these keys (tests/pipeline/test_workflow.py checks it)
+Preset = Literal["sft", "rkl", "attn", "focus", "all", "alignkd", "vv", "tt", "full", "last"]
+AttnLayers = Literal["first", "last", "first+last"]
+AdapterDirection = Literal["student_to_teacher", "teacher_to_student"]
+TailModel = Literal["bucket", "uniform", "none"]
+TrainMode = Literal["cached", "online", "sft"]
+Precision = Literal["fp32", "fp16", "bf16"]
+ExportDtype = Literal["auto", "fp32", "fp16", "bf16"]
+MissingSample = Literal["error", "skip"]
 
 import yaml
 
@@ -58,8 +76,8 @@ class DatasetConfig:
     name: str = ""
     json: str = ""
     image_root: str = ""
-    template: str = "v1"  # plain | v1
-    stage: str = "finetune"  # pretrain | finetune
+    template: Template = "v1"
+    stage: Stage = "finetune"
 
 
 @dataclass
@@ -78,7 +96,7 @@ class DataConfig:
     batch_size: int = 512  # records per task sent to a worker
     # load: decode every image fully (catches truncated JPEGs); verify: PIL's header/CRC check
     # only, much faster for millions of JPEGs. Either way the file is hashed.
-    image_check: str = "load"
+    image_check: ImageCheck = "load"
 
 
 @dataclass
@@ -100,8 +118,8 @@ class CacheConfig:
     vision_dtype: str = "float16"  # float32 (lossless) | float16 | bfloat16
     compressor: str = "zstd"
     compression_level: int = 3
-    blocks: list[str] = field(default_factory=lambda: ["tv"])  # tv | vv | tt | full
-    layers: list[str] = field(default_factory=lambda: ["first"])  # first | last
+    blocks: list[AttnBlock] = field(default_factory=lambda: ["tv"])
+    layers: list[AttnLayer] = field(default_factory=lambda: ["first"])
 
 
 @dataclass
@@ -111,7 +129,7 @@ class DumpConfig:
     num_cpus_per_worker: float = 1.0
     batch_size: int = 8
     unit_size: int = 64  # samples per unit of work (a unit is written by one actor, atomically)
-    dtype: str = "float32"  # float32 | float16 | bfloat16 (teacher compute dtype)
+    dtype: ComputeDtype = "float32"  # teacher compute dtype
     max_retries: int = 2
 
 
@@ -124,21 +142,21 @@ class LossConfig:
     focus·L_focus + all_tokens·L_all, so L_v = L_focus + α·L_all has α = all_tokens (0.1).
     """
 
-    preset: str = "alignkd"  # sft | rkl | attn | focus | all | alignkd | vv | tt | full | last
+    preset: Preset = "alignkd"
     sup: float | None = None
     attn: float | None = None
     focus: float | None = None
     all_tokens: float | None = None
     rkl: float | None = None
-    attn_block: str | None = None  # tv | vv | tt | full
-    attn_layers: str | None = None  # first | first+last
-    adapter_direction: str = "student_to_teacher"  # student_to_teacher | teacher_to_student
+    attn_block: AttnBlock | None = None
+    attn_layers: AttnLayers | None = None
+    adapter_direction: AdapterDirection = "student_to_teacher"
     # bucket | uniform | none (see student_train.losses.rkl). Measured on a *trained* toy teacher
     # (dev world, top-64 vs dense, `python -m benchmarks.rkl_tail`): against a student at its init,
     # uniform 5.0% loss error / 24° gradient angle vs bucket 5.4% / 26°; against a trained SFT
     # student, uniform 1.4% / 1.1° vs bucket 1.0% / 0.6°. Uniform errs less while the student is far
     # from the teacher, when the RKL gradient is largest; k matters more than the tail (k = 128: ≤ 0.5%)
-    tail_model: str = "uniform"
+    tail_model: TailModel = "uniform"
 
 
 @dataclass
@@ -156,9 +174,9 @@ class StageConfig:
 
 @dataclass
 class TrainConfig:
-    mode: str = "cached"  # cached | online | sft
+    mode: TrainMode = "cached"
     deepspeed_config: str = "workflows/zero2.json"
-    precision: str = "fp32"  # fp32 | fp16 | bf16
+    precision: Precision = "fp32"
     out_dir: str = "runs/toy/student"
     seed: int = 0
     num_workers: int = 1
@@ -168,9 +186,9 @@ class TrainConfig:
     # hand gradients to ZeRO-2 in a fixed parameter order (see student_train.engine.replay_grads);
     # False uses DeepSpeed's own hooks: only safe when every micro-batch uses every parameter alike
     fixed_grad_order: bool = True
-    export_dtype: str = "auto"  # dtype of the exported student: auto (= precision) | fp32 | fp16 | bf16
+    export_dtype: ExportDtype = "auto"  # dtype of the exported student (auto: = precision)
     num_procs: int = 0  # ranks per node for `alignkd student-train` (0: every GPU, or 1 on CPU)
-    missing_sample: str = "error"  # error | skip
+    missing_sample: MissingSample = "error"
     loss: LossConfig = field(default_factory=LossConfig)
     pretrain: StageConfig = field(default_factory=StageConfig)
     finetune: StageConfig = field(default_factory=StageConfig)
@@ -207,11 +225,11 @@ class ReproduceConfig:
 
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     # Table 3 (sft → rkl → attn → focus → all) and Table 4 (vv, tt, full, last), on `ablation_subset`
-    presets: list[str] = field(default_factory=lambda: ["sft", "rkl", "attn", "focus", "all", "vv", "tt", "full", "last"])
+    presets: list[Preset] = field(default_factory=lambda: ["sft", "rkl", "attn", "focus", "all", "vv", "tt", "full", "last"])
     ablation_subset: str = "short"
     # Table 1's bottom block: `subset_presets` (without / with Align-KD) on each of these subsets
     subsets: list[str] = field(default_factory=lambda: ["short", "long"])
-    subset_presets: list[str] = field(default_factory=lambda: ["sft", "all"])
+    subset_presets: list[Preset] = field(default_factory=lambda: ["sft", "all"])
     max_steps: int = 0  # optimiser steps per stage (0: the train section's budget)
     jobs: int = 2  # runs at once (each rank uses one CPU thread)
     eval_limit: int = 0  # 0: the whole held-out split
@@ -354,6 +372,10 @@ def _convert(tp: Any, value: Any, where: str, errors: list[str]) -> Any:
         return _convert(inner, value, where, errors)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where, errors)
+    if origin is Literal:
+        if value not in args or type(value) is not type(args[0]):
+            errors.append(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
     if origin is list:
         if not isinstance(value, list):
             errors.append(f"{where}: expected a list, got {type(value).__name__}")

@@ -92,3 +92,38 @@ def test_the_dev_workflow_differs_from_toy_only_in_seed_name_and_paths():
     assert b["world"].pop("seed") == 1 and a["world"].pop("seed") == 0
     assert (a.pop("name"), b.pop("name")) == ("toy", "toy_dev")
     assert a == b
+
+
+def test_fixed_choice_values_are_checked_at_load_all_at_once(tmp_path):
+    # typos that used to load and fail later, one at a time (or never: fp8 ran as fp32)
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  mode: cachd\n  precision: fp8\n  loss: {preset: alignKD, attn_layers: last+first}\n"
+                 "cache:\n  blocks: [tv, tvv]\ndata:\n  image_check: quick\n  datasets: [{name: a, template: v2}]\n"
+                 "reproduce:\n  presets: [sft, bogus]\n")
+    with pytest.raises(WorkflowError) as err:
+        load_workflow(p)
+    msg = str(err.value)
+    for needle in ("train.mode: 'cachd' is not one of cached, online, sft",
+                   "train.precision: 'fp8' is not one of fp32, fp16, bf16",
+                   "train.loss.preset: 'alignKD' is not one of", "train.loss.attn_layers: 'last+first'",
+                   "cache.blocks[1]: 'tvv'", "data.image_check: 'quick'", "data.datasets[0].template: 'v2'",
+                   "reproduce.presets[1]: 'bogus'"):
+        assert needle in msg, msg
+    assert "8 problem(s)" in msg, msg
+    # a choice of the wrong type is refused too (YAML reads `mode: 1` as an int)
+    p.write_text("train:\n  mode: 1\n")
+    with pytest.raises(WorkflowError, match="train.mode: 1 is not one of"):
+        load_workflow(p)
+
+
+def test_workflow_presets_are_the_loss_presets():
+    # pipeline (the core) may not import student_train, so the preset names are spelled twice;
+    # this keeps them one list
+    import typing
+
+    from pipeline.workflow import Preset, TailModel
+    from student_train.losses import PRESETS
+    from student_train.losses.rkl import TAIL_MODELS
+
+    assert set(typing.get_args(Preset)) == set(PRESETS)
+    assert set(typing.get_args(TailModel)) == set(TAIL_MODELS)
