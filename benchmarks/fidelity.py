@@ -4,7 +4,7 @@ Sparse output distribution: angle between ∂L_rkl/∂(student logits) from the 
 model) and from the dense teacher (`student_train.losses.fidelity.rkl_gradient_angle`), for
 k ∈ {8, 16, 32, 64, 128} and the tail models bucket / uniform / none, on a peaked LM-like teacher
 (vocab 32000, Zipf logits whose exponent is bisected to a mean entropy ≈ 1.3 nats; student =
-teacher + N(0, noise²)), next to DESIGN.md §4's table. "bucket, f16" also rounds the stored
+teacher + N(0, noise²)), next to docs/DESIGN.md §4's table. "bucket, f16" also rounds the stored
 log-probs to float16 as the default encoding does.
 
 Stored attention: for each encoding of cache_schema (f32, f16, u8, u8sqrt; the store's own
@@ -32,7 +32,7 @@ from student_train.losses.fidelity import rkl_gradient_angle, synthetic_lm_logit
 
 KS = (8, 16, 32, 64, 128)
 TAILS = ("bucket", "uniform", "none")
-# DESIGN.md §4: k → (teacher mass in top-k, uniform tail angle °, bucket angle °)
+# docs/DESIGN.md §4: k → (teacher mass in top-k, uniform tail angle °, bucket angle °)
 DESIGN = {8: (0.957, 42.0, 6.9), 16: (0.981, 23.0, 3.1), 32: (0.991, 9.8, 1.2), 64: (0.996, 3.7, 0.5)}
 
 
@@ -133,13 +133,13 @@ def attention_table(seed: int = 0) -> dict:
 
 
 def _vs_design(rk: dict) -> str:
-    """One sentence comparing the measured table with DESIGN.md §4's."""
+    """One sentence comparing the measured table with docs/DESIGN.md §4's."""
     rows = [r for r in rk["rows"] if "design" in r]
     dm = max(abs(r["teacher_mass_topk"] - r["design"]["teacher_mass_topk"]) for r in rows)
     q = {t: [r[f"angle_{t}_deg"] / r["design"][f"angle_{t}_deg"] for r in rows] for t in ("uniform", "bucket")}
     k64 = next(r for r in rk["rows"] if r["k"] == 64)
     ub = [r["angle_uniform_deg"] / max(r["angle_bucket_deg"], 1e-9) for r in rk["rows"]]
-    return (f"Against DESIGN.md §4: the top-k masses agree within {dm:.3f} (same teacher family at "
+    return (f"Against docs/DESIGN.md §4: the top-k masses agree within {dm:.3f} (same teacher family at "
             f"{rk['teacher_entropy_nats']:.2f} nats); uniform-tail angles are {min(q['uniform']):.2f}–{max(q['uniform']):.2f}× "
             f"DESIGN's, bucket angles {min(q['bucket']):.2f}–{max(q['bucket']):.2f}× at σ = {rk['noise']} (DESIGN does not "
             "give its student noise; the σ table shows the bucket angle scales with it). The conclusions hold: the "
@@ -157,7 +157,7 @@ def run(quick: bool, flags: Flags, log=print) -> dict:
             why = (f"bucket angle {row['angle_bucket_deg']:.2f}° vs DESIGN.md's {d['angle_bucket_deg']}°: this teacher "
                    f"keeps {row['teacher_mass_topk']:.3f} of its mass in the top-{row['k']} (DESIGN: "
                    f"{d['teacher_mass_topk']}); the angle grows with the tail mass the cache coarse-grains")
-            flags.add("fidelity", f"RKL gradient angle, bucket, k={row['k']}", row["angle_bucket_deg"], "≈ DESIGN.md §4", why)
+            flags.add("fidelity", f"RKL gradient angle, bucket, k={row['k']}", row["angle_bucket_deg"], "≈ docs/DESIGN.md §4", why)
             res["notes"].append(f"**k={row['k']}: {why}.**")
     res["notes"].append(_vs_design(res["rkl"]))
     for mode, row in res["attention"]["encodings"].items():

@@ -9,7 +9,7 @@ for each k and tail model compares the cached form (`pipeline.targets.sparse_top
 `reverse_kl_sparse`) with the dense reverse KL: relative loss error and the angle between the two
 gradients w.r.t. the student logits (`student_train.losses.fidelity.rkl_gradient_angle`), mean and
 max over positions' batches. `benchmarks/fidelity.py` does the same on a synthetic LM-like teacher;
-on a trained teacher the ranking of the tail models differs (DESIGN.md §4), which is why this exists.
+on a trained teacher the ranking of the tail models differs (docs/DESIGN.md §4), which is why this exists.
 """
 
 from __future__ import annotations

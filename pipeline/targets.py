@@ -1,4 +1,4 @@
-"""Reductions of the teacher's outputs into what the student learns from (DESIGN.md §3–4).
+"""Reductions of the teacher's outputs into what the student learns from (docs/DESIGN.md §3–4).
 
 Shared by the teacher dump (which caches them) and the student's `online` mode (which computes
 them live), so both produce the same targets from the same teacher forward. Everything here runs

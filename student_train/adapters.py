@@ -1,5 +1,5 @@
 """The two learned 1×1 projections Align-KD needs to compare a 16-head / 2048-wide student with a
-32-head / 4096-wide teacher (DESIGN.md §3).
+32-head / 4096-wide teacher (docs/DESIGN.md §3).
 
 Initialisation (measured, issue "Distillation that transfers"): attention targets are probabilities
 of order 1/|L| (≈ 0.02 in the toy, smaller at real scale), so PyTorch's default conv bias (±1/√H_in)

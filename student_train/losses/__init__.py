@@ -1,4 +1,4 @@
-"""Align-KD loss components (DESIGN.md §3), one module per family, each taking cached teacher
+"""Align-KD loss components (docs/DESIGN.md §3), one module per family, each taking cached teacher
 tensors (never a teacher model) and tested against a slow dense reference:
 
   sft.py        L_sup  shifted CE                         presets.py   LossConfig → ResolvedLoss

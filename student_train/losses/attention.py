@@ -1,4 +1,4 @@
-"""Attention-map distillation (DESIGN.md §3.1; paper eq. 1): MSE between the student's and the
+"""Attention-map distillation (docs/DESIGN.md §3.1; paper eq. 1): MSE between the student's and the
 teacher's attention probabilities of one (layer, block), heads aligned by a learned 1×1 conv.
 
 Blocks are ragged (|T| varies per sample) so they come as per-sample lists; the error is summed

@@ -1,4 +1,4 @@
-"""The full Align-KD objective over one micro-batch (DESIGN.md §3.7):
+"""The full Align-KD objective over one micro-batch (docs/DESIGN.md §3.7):
 
     L = sup·L_sup + rkl·L_rkl + attn·Σ_{(layer, block)} L_attn + focus·L_focus + all_tokens·L_all
 

@@ -1,7 +1,7 @@
 """How faithfully a cached (top-k) teacher reproduces the dense reverse-KL gradient.
 
 The student learns from ∂L_rkl/∂(student logits); the angle between that gradient computed from
-the sparse teacher and from the dense teacher measures what the cache loses (DESIGN.md §4's
+the sparse teacher and from the dense teacher measures what the cache loses (docs/DESIGN.md §4's
 table). Used by the tests and by the cache-size benchmark.
 """
 

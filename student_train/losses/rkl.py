@@ -1,4 +1,4 @@
-"""Reverse KL between the student's and the teacher's next-token distributions (DESIGN.md §3.6).
+"""Reverse KL between the student's and the teacher's next-token distributions (docs/DESIGN.md §3.6).
 
     L_rkl = mean_t Σ_x q(x) (log q(x) − log p(x)),   q = softmax(student), p = teacher
 

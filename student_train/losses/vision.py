@@ -1,4 +1,4 @@
-"""Vision-token distillation through the token adapter W (DESIGN.md §3.3–3.5; paper eqs. 3–5).
+"""Vision-token distillation through the token adapter W (docs/DESIGN.md §3.3–3.5; paper eqs. 3–5).
 
     L_focus = MSE(W(v^S_I), v^T_I)     I = the teacher's cached focus indices of the sample
     L_all   = MSE(W(v^S),   v^T)       all |V| projector tokens
