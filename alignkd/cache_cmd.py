@@ -84,9 +84,10 @@ def _image_path(image: Optional[Path], manifest: Optional[Path], sample_id: str)
     if manifest is None:
         return None
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    t = pq.read_table(manifest, columns=["sample_id", "image_path"])
+    from pipeline.data.contract import read_manifest
+
+    t = read_manifest(manifest, ["sample_id", "image_path"])
     t = t.filter(pc.equal(t["sample_id"], sample_id))
     if t.num_rows == 0 or not t["image_path"][0].as_py():
         _fail(f"sample {sample_id!r} has no image_path in manifest {manifest}")
@@ -182,14 +183,13 @@ def verify(path: Path = typer.Argument(..., help="cache directory"),
     """Check every checksum, the index and coverage; list incomplete units. Exit 1 on any fault."""
     expected = None
     if manifest is not None:
-        import pyarrow.parquet as pq
+        from pipeline.data.contract import read_manifest, subset_column, subsets_in
 
-        t = pq.read_table(manifest)
+        if subset is not None and subset not in subsets_in(manifest):
+            _fail(f"manifest {manifest} has no column {subset_column(subset)} (subsets: {subsets_in(manifest)})")
+        t = read_manifest(manifest, ["sample_id"] + ([subset_column(subset)] if subset is not None else []))
         if subset is not None:
-            col = f"in_{subset}"
-            if col not in t.column_names:
-                _fail(f"manifest {manifest} has no column {col}")
-            t = t.filter(t[col])
+            t = t.filter(t[subset_column(subset)])
         expected = t["sample_id"].to_pylist()
     from rich.progress import Progress
 

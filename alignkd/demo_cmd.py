@@ -132,9 +132,9 @@ def prepare_teacher(run: _Runner, wf, w: str) -> None:
 
 def _draw_heatmaps(run: _Runner, wf, w: str, subset: str, report: Path) -> list[Path]:
     """Teacher T→V attention over the image for the first few cached samples that have one."""
-    import pyarrow.parquet as pq
+    from pipeline.data.contract import read_manifest
 
-    rows = pq.read_table(wf.data.manifest, columns=["sample_id", "image", f"in_{subset}"]).to_pylist()
+    rows = read_manifest(wf.data.manifest, ["sample_id", "image", f"in_{subset}"]).to_pylist()
     ids = [r["sample_id"] for r in rows if r["image"] and r[f"in_{subset}"]][: wf.demo.heatmaps]
     out = []
     for i, sid in enumerate(ids):

@@ -446,11 +446,11 @@ def _interrupt(signum, frame) -> None:
 
 def _subset_sizes(wf, subsets: list[str]) -> dict[str, int]:
     """Samples per subset in the manifest (both stages), for Table 1's #samples column."""
-    import pyarrow.parquet as pq
+    from pipeline.data.contract import read_manifest
 
     if not Path(wf.data.manifest).is_file():
         return {}
-    t = pq.read_table(wf.data.manifest, columns=[f"in_{s}" for s in dict.fromkeys(subsets)])
+    t = read_manifest(wf.data.manifest, [f"in_{s}" for s in dict.fromkeys(subsets)])
     return {s: int(sum(t.column(f"in_{s}").to_pylist())) for s in dict.fromkeys(subsets)}
 
 

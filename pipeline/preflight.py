@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from pipeline.data.contract import read_manifest, subset_column
 from pipeline.fingerprint import tokenizer_size, vocab_fingerprint
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ def manifest_counts(path: str | Path, subsets: Iterable[str],
     (no token lists are read: seconds for millions of rows). datasets: {stage: names} keeps only
     those datasets of a stage (train.<stage>.datasets; empty or absent: all of them)."""
     subsets = list(subsets)
-    t = pq.read_table(path, columns=["stage", "dataset", *(f"in_{s}" for s in subsets)])
+    t = read_manifest(path, ["stage", "dataset", *(subset_column(s) for s in subsets)])
     known = set(t.column("dataset").unique().to_pylist())
     out: dict[str, dict[str, int]] = {}
     present = set(t.column("stage").unique().to_pylist()) | set(datasets or {})

@@ -176,7 +176,7 @@ def _check_student(init: StageInit, dry_run: bool, problems: list[str], notes: l
 
 def _check_manifest(wf: Workflow, problems: list[str]) -> dict[str, dict[str, int]]:
     """Samples per stage and subset, and the manifest was tokenised with data.tokenizer."""
-    from pipeline.data.manifest import read_manifest_meta  # noqa: PLC0415
+    from pipeline.data.contract import read_manifest_meta  # noqa: PLC0415
 
     path = Path(wf.data.manifest)
     if not path.is_file():

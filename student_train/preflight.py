@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from cache_schema.index import load_index
+from pipeline.data.contract import read_manifest, subset_column
 from pipeline.workflow import Workflow
 from student_train.data import StoreMismatchError
 
@@ -23,8 +23,8 @@ _SHOW = 5
 def check_token_hashes(wf: Workflow, subset: str, stage: str, store: Path) -> int:
     """Raise StoreMismatchError if a sample of this stage/subset is in the store with other
     tokens than the manifest's; returns the number of samples compared."""
-    col = f"in_{subset}"
-    m = pq.read_table(wf.data.manifest, columns=["sample_id", "token_hash", "stage", col])
+    col = subset_column(subset)
+    m = read_manifest(wf.data.manifest, ["sample_id", "token_hash", "stage", col])
     m = m.filter(pc.and_(pc.equal(m["stage"], stage), m[col])).select(["sample_id", "token_hash"])
     idx = load_index(store).samples.select(["sample_id", "token_hash"]).rename_columns(["sample_id", "store_hash"])
     j = m.join(idx, "sample_id", join_type="inner")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from pipeline.data.contract import read_manifest, read_manifest_meta, subset_column
 from teacher_dump.plan import SAMPLE_COLUMNS
 
 # columns the dump reads (SAMPLE_COLUMNS for the actors, `template` for the provenance)
@@ -25,22 +25,13 @@ class SubsetRows:
 
 def read_meta(path: str | Path) -> dict:
     """File-level metadata of a manifest (pipeline.data.manifest writes it JSON-encoded)."""
-    from pipeline.data.manifest import read_manifest_meta
-
     return read_manifest_meta(path)
 
 
 def read_subset(path: str | Path, subset: str) -> SubsetRows:
     """Read the rows of `subset`. Raises ValueError naming the missing columns."""
-    schema = pq.read_schema(path)
-    flag = f"in_{subset}"
-    missing = [c for c in READ_COLUMNS + (flag,) if c not in schema.names]
-    if missing:
-        raise ValueError(
-            f"manifest {path} lacks column(s) {missing} (subsets it has: "
-            f"{[n[3:] for n in schema.names if n.startswith('in_')]}); rebuild it with `alignkd data build`"
-        )
-    table = pq.read_table(path, columns=list(READ_COLUMNS) + [flag])
+    flag = subset_column(subset)
+    table = read_manifest(path, [*READ_COLUMNS, flag])  # ManifestFormatError (a ValueError) names what is missing
     table = table.filter(pc.field(flag)).drop_columns([flag])
     return SubsetRows(table=table, meta=read_meta(path))
 

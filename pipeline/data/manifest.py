@@ -26,13 +26,13 @@ import pyarrow.parquet as pq
 
 from pipeline.data import ManifestError
 from pipeline.data.jsonstream import iter_json_array
-from pipeline.data.records import DatasetJob, init_worker, manifest_schema, process_batch
+from pipeline.data.contract import MANIFEST_VERSION, manifest_schema, read_manifest_meta
+from pipeline.data.records import DatasetJob, init_worker, process_batch
 from pipeline.data.report import BuildReport, DatasetCounts
 from pipeline.fingerprint import tokenizer_fingerprint
 from pipeline.templates import TEMPLATES
 from pipeline.workflow import Workflow
 
-MANIFEST_VERSION = "1"
 ROW_GROUP_ROWS = 8192  # ~8k samples per row group: big enough to compress, small to read one
 
 
@@ -73,13 +73,6 @@ def report_paths(manifest: str | Path) -> tuple[Path, Path]:
     """Where the count tables of a manifest go: `<stem>.counts.md` and `<stem>.counts.json`."""
     m = Path(manifest)
     return m.with_name(m.stem + ".counts.md"), m.with_name(m.stem + ".counts.json")
-
-
-def read_manifest_meta(path: str | Path) -> dict[str, Any]:
-    """The manifest's file-level metadata: tokenizer_fingerprint, num_vision_tokens, subsets
-    {name: limit}, datasets, build_command, ... (values JSON-decoded)."""
-    raw = pq.read_schema(path).metadata or {}
-    return {k.decode(): json.loads(v) for k, v in raw.items() if not k.startswith(b"ARROW:")}
 
 
 # -------------------------------------------------------------------------------------- helpers

@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.data.contract import manifest_schema
 from pipeline.fingerprint import token_fingerprint
 from pipeline.positions import sample_index
 from pipeline.templates import Segment, TemplateError, render, tokenize_segments
@@ -34,19 +35,6 @@ class DatasetJob:
     num_vision_tokens: int
     subsets: tuple[tuple[str, int], ...]  # (name, max embedded length), in column order
     image_check: str  # load | verify
-
-
-def manifest_schema(subsets: "list[str] | tuple[str, ...]") -> pa.Schema:
-    """Columns of the manifest (docs/CONTRACTS.md), one `in_{name}` bool per subset."""
-    fields = [
-        ("sample_id", pa.string()), ("dataset", pa.string()), ("stage", pa.string()), ("template", pa.string()),
-        ("record_index", pa.int64()), ("image", pa.string()), ("image_path", pa.string()),
-        ("image_hash", pa.string()), ("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())),
-        ("token_hash", pa.string()), ("embedded_len", pa.int32()), ("n_text_after_image", pa.int32()),
-        ("n_response", pa.int32()),
-    ]
-    fields += [(f"in_{s}", pa.bool_()) for s in subsets]
-    return pa.schema(fields)
 
 
 def init_worker(tokenizer: Any, in_pool: bool = False) -> None:

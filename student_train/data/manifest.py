@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from pipeline.data.contract import read_manifest, subset_column
 from pipeline.workflow import Workflow
 
 STAGES = ("pretrain", "finetune")
@@ -38,12 +38,8 @@ class StageRows:
         if not path.is_file():
             raise FileNotFoundError(f"manifest {path} not found: run `alignkd data build --workflow {wf.source}`")
         wf.subset_limit(subset)  # unknown subset: WorkflowError naming the known ones
-        col = f"in_{subset}"
-        names = pq.read_schema(path).names
-        missing = [c for c in (*_COLUMNS, col) if c not in names]
-        if missing:
-            raise ValueError(f"manifest {path} lacks column(s) {missing}: rebuild it with `alignkd data build`")
-        t = pq.read_table(path, columns=[*_COLUMNS, col])
+        col = subset_column(subset)
+        t = read_manifest(path, [*_COLUMNS, col])  # refuses another version or missing columns
         keep = pc.and_(pc.equal(t["stage"], stage), t[col])
         wanted = getattr(wf.train, stage).datasets
         if wanted:

@@ -52,6 +52,13 @@ def test_info_and_ls_read_no_payload(store_path, tmp_path):
     assert "coco/0" in res.output and "coco/2" not in res.output and "(2 rows)" in res.output
 
 
+def _manifest(columns: dict) -> pa.Table:
+    """Some manifest columns, stamped with the contract's version (readers refuse other versions)."""
+    from pipeline.data.contract import MANIFEST_VERSION
+
+    return pa.table(columns).replace_schema_metadata({"manifest_version": json.dumps(MANIFEST_VERSION)})
+
+
 def test_show_with_tokenizer_png_and_manifest(store_path, tmp_path):
     from PIL import Image
     from tokenizers import Tokenizer
@@ -62,7 +69,7 @@ def test_show_with_tokenizer_png_and_manifest(store_path, tmp_path):
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="w0")))
     tok.save_pretrained(tmp_path / "tok")
     Image.new("RGB", (40, 24), (10, 200, 30)).save(tmp_path / "img.png")
-    pq.write_table(pa.table({"sample_id": IDS, "image_path": [str(tmp_path / "img.png")] * 5}), tmp_path / "m.parquet")
+    pq.write_table(_manifest({"sample_id": IDS, "image_path": [str(tmp_path / "img.png")] * 5}), tmp_path / "m.parquet")
 
     res = _run("show", store_path, "coco/0", "--tokenizer", tmp_path / "tok", "--png", tmp_path / "a.png",
                "--image", tmp_path / "img.png")
@@ -83,7 +90,7 @@ def test_verify_ok_then_fault(store_path, tmp_path):
 
     res = _run("verify", store_path)
     assert res.exit_code == 0 and "OK" in res.output, res.output
-    pq.write_table(pa.table({"sample_id": IDS + ["coco/9"], "in_short": [True] * 5 + [False]}), tmp_path / "m.parquet")
+    pq.write_table(_manifest({"sample_id": IDS + ["coco/9"], "in_short": [True] * 5 + [False]}), tmp_path / "m.parquet")
     assert _run("verify", store_path, "--manifest", tmp_path / "m.parquet", "--subset", "short").exit_code == 0
     res = _run("verify", store_path, "--manifest", tmp_path / "m.parquet")
     assert res.exit_code == 1 and "coco/9" in res.output
