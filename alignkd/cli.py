@@ -6,7 +6,8 @@ from __future__ import annotations
 import typer
 
 from alignkd import cache_cmd, demo_cmd, eval_cmd, probe_cmd, reproduce_cmd
-from pipeline import data_cli, toy_cli, model_cli
+from pipeline import data_cli, model_cli
+from toy_world import cli as toy_cli
 from student_train import cli as student_cli
 from teacher_dump import cli as teacher_cli
 

@@ -128,8 +128,8 @@ def packed_qa(world: Path, turns: int, n_records: int, seed: int) -> tuple[list[
     import numpy as np
 
     from pipeline.constants import IMAGE_PLACEHOLDER
-    from pipeline.toy.scenes import Scene
-    from pipeline.toy.tasks import random_qa
+    from toy_world.scenes import Scene
+    from toy_world.tasks import random_qa
 
     scenes = json.loads((world / "scenes.json").read_text())
     train_scenes = [Scene.from_json(scenes[k]) for k in sorted(scenes) if k.startswith("train_")]

@@ -1,5 +1,5 @@
 """The small toy world the dump and data-path benchmarks run on: `workflows/toy.yaml` with fewer
-images and records, built by the real generator (`pipeline.toy.world.build_world`, idempotent:
+images and records, built by the real generator (`toy_world.world.build_world`, idempotent:
 an intact world under `work` is reused) and the real manifest builder.
 """
 
@@ -41,7 +41,7 @@ def bench_workflow(work: Path, quick: bool) -> Workflow:
 def build(wf: Workflow, log=print) -> Workflow:
     """Generate the world (unless already there) and (re)build the manifest."""
     from pipeline.data.manifest import build_manifest
-    from pipeline.toy.world import build_world
+    from toy_world.world import build_world
 
     meta = build_world(wf)
     log(f"[world] {wf.world.dir}: {'reused' if meta.get('up_to_date') else 'generated'}")

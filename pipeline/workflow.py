@@ -60,12 +60,12 @@ class WorldConfig:
     long_fraction: float = 0.15
     # share of fine-tuning records that are multi-turn QA about one image, and the most turns such
     # a record may carry (fitting keeps as many as the short limit allows): more one-word answers
-    # per image is the cheapest grounding signal a from-scratch toy model gets (pipeline/toy/world.py)
+    # per image is the cheapest grounding signal a from-scratch toy model gets (toy_world/world.py)
     multi_fraction: float = 0.40
     multi_turns: int = 6
     tokenizer_vocab: int = 512
     # optimiser steps (batch 64) pre-training the frozen toy CLIP tower on the world's scenes
-    # (pipeline/toy/tower.py); 0 keeps a random tower (small test worlds, where only shapes matter)
+    # (toy_world/tower.py); 0 keeps a random tower (small test worlds, where only shapes matter)
     tower_steps: int = 300
 
 
@@ -208,7 +208,7 @@ class DemoConfig:
     teacher_pretrain_steps: int = 60
     teacher_finetune_steps: int = 300
     # the teacher's learning rates (0: the train section's): a deeper, wider model wants a lower
-    # one (measured on the toy teacher, see pipeline/toy/world.py)
+    # one (measured on the toy teacher, see toy_world/world.py)
     teacher_lr: float = 0.0
     teacher_projector_lr: float = 0.0
     teacher_ranks: int = 1  # DeepSpeed ranks for the teacher's training (each one CPU thread)

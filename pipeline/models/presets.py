@@ -107,7 +107,7 @@ def write_random_checkpoint(path: str | Path, config: MobileVLMConfig, seed: int
     vision_tower_from: a checkpoint dir whose CLIP weights are copied in (teacher and student
     share the frozen tower in reality; the tower configs must match).
     vision_tower_state: CLIPVisionModel weights to load instead (e.g. the toy world's pre-trained
-    tower, `pipeline.toy.tower`)."""
+    tower, `toy_world.tower`)."""
     from pipeline.models.mobilevlm import MobileVLM
 
     torch.manual_seed(seed)

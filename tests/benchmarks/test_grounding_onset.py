@@ -4,8 +4,8 @@ on held-out records it never trained on, and writes the curve."""
 import json
 
 from benchmarks import grounding_onset
-from pipeline.toy import build_world
-from tests.pipeline.test_toy_world import small_workflow
+from toy_world import build_world
+from tests.toy_world.test_toy_world import small_workflow
 
 
 def test_curve_on_a_tiny_world(tmp_path):

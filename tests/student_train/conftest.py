@@ -1,5 +1,5 @@
 """A tiny generated world for the student_train tests, built once per session with the real
-components: `pipeline.toy.world.build_world` (images, LLaVA JSON, tokenizer, random toy
+components: `toy_world.world.build_world` (images, LLaVA JSON, tokenizer, random toy
 checkpoints), `pipeline.data.manifest.build_manifest`, and stores written with `cache_schema`'s
 writer from a real teacher `forward_align` reduced by `pipeline.targets` (independent of
 teacher_dump, which these tests never import).
@@ -59,7 +59,7 @@ class TinyWorld:
 def _build(root: Path):
     from pipeline.data.manifest import build_manifest
     from pipeline.models import MobileVLM
-    from pipeline.toy.world import build_world
+    from toy_world.world import build_world
     from pipeline.workflow import DatasetConfig, load_workflow
 
     wf = load_workflow("workflows/toy.yaml")

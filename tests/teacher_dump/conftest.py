@@ -21,7 +21,7 @@ class World:
 @pytest.fixture(scope="session")
 def dump_world(tmp_path_factory) -> World:
     from pipeline.data.manifest import build_manifest
-    from pipeline.toy.world import build_world
+    from toy_world.world import build_world
     from pipeline.workflow import load_workflow
 
     root = tmp_path_factory.mktemp("teacher_dump")

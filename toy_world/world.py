@@ -61,8 +61,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.toy import assets, stats
-from pipeline.toy.generate import (
+from toy_world import assets, stats
+from toy_world.generate import (
     WorldError,
     WorldSpec,
     make_drafts,
@@ -74,8 +74,8 @@ from pipeline.toy.generate import (
     tokenizer_corpus,
 )
 from pipeline.models.presets import toy_vision_config
-from pipeline.toy.records import Draft, fit_turns, prefixes
-from pipeline.toy.tower import pretrain_tower
+from toy_world.records import Draft, fit_turns, prefixes
+from toy_world.tower import pretrain_tower
 from pipeline.workflow import Workflow
 
 WORLD_JSON = "world.json"

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.constants import IMAGE_PLACEHOLDER
-from pipeline.toy.scenes import Scene, caption, detailed_description
-from pipeline.toy.tasks import IMAGE_TASKS, ONE_WORD, QA, random_qa, text_qa
+from toy_world.scenes import Scene, caption, detailed_description
+from toy_world.tasks import IMAGE_TASKS, ONE_WORD, QA, random_qa, text_qa
 
 LONG_INSTRUCTIONS = (
     "Please look at the picture carefully before you answer. I would like a complete description "

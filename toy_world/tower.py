@@ -33,8 +33,8 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from pipeline.models.image import preprocess_image
-from pipeline.toy.render import object_labels
-from pipeline.toy.scenes import COLOURS, GRID, SHAPES, SIZES, Scene
+from toy_world.render import object_labels
+from toy_world.scenes import COLOURS, GRID, SHAPES, SIZES, Scene
 
 # attribute -> number of classes (0 = background / no object for the object attributes)
 HEADS = {"colour": 1 + len(COLOURS), "shape": 1 + len(SHAPES), "size": 1 + len(SIZES), "row": GRID, "col": GRID}

@@ -1,4 +1,4 @@
-"""The toy world's pre-trained CLIP tower (pipeline/toy/tower.py): labels from the drawing geometry,
+"""The toy world's pre-trained CLIP tower (toy_world/tower.py): labels from the drawing geometry,
 features equal to the model's own tower path, deterministic weights, and frozen patch features that
 a linear read-out decodes on held-out images far better than a random tower's."""
 
@@ -9,10 +9,10 @@ import torch
 
 from pipeline.models import presets
 from pipeline.models.projector import CLIPVisionTower
-from pipeline.toy.generate import WorldSpec, make_scenes, render_images
-from pipeline.toy.render import object_labels
-from pipeline.toy.scenes import Obj, Scene
-from pipeline.toy.tower import _features, patch_labels, pretrain_tower, readout
+from toy_world.generate import WorldSpec, make_scenes, render_images
+from toy_world.render import object_labels
+from toy_world.scenes import Obj, Scene
+from toy_world.tower import _features, patch_labels, pretrain_tower, readout
 from pipeline.workflow import DataConfig, ModelsConfig, Workflow, WorldConfig
 
 
@@ -55,7 +55,7 @@ def test_pretrained_tower_is_deterministic_and_linearly_readable(tmp_path):
     b, _ = pretrain_tower(vision, train[:8], held[:2], tmp_path / "images", seed=3, steps=3)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the same read-out (heads trained the same way) on a random tower's frozen features
-    from pipeline.toy.tower import HEADS, _load
+    from toy_world.tower import HEADS, _load
     from transformers import CLIPVisionModel
     from torch import nn
 

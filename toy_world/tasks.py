@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.toy.scenes import COLOURS, COLS, ROWS, SHAPES, Scene, at_phrase
+from toy_world.scenes import COLOURS, COLS, ROWS, SHAPES, Scene, at_phrase
 
 ONE_WORD = "Answer with one word."  # the suffix that asks for the exact-match answer form
 

@@ -14,11 +14,11 @@ import torch
 from typer.testing import CliRunner
 
 from pipeline.templates import encode_conversation
-from pipeline.toy import WORLD_JSON, WorldError, build_world, existing_state
-from pipeline.toy.generate import WorldSpec
+from toy_world import WORLD_JSON, WorldError, build_world, existing_state
+from toy_world.generate import WorldSpec
 from pipeline.workflow import DataConfig, ModelsConfig, Workflow, WorldConfig
 
-from tests.pipeline.test_toy_tasks import oracle
+from tests.toy_world.test_toy_tasks import oracle
 
 SMALL = dict(n_images=24, n_eval_images=8, n_pretrain=24, n_finetune=80, n_eval=21, tokenizer_vocab=300, long_fraction=0.15,
              tower_steps=0)  # a random tower: these tests check the generator, not the tower (test_toy_tower.py)
@@ -229,7 +229,7 @@ def test_a_token_count_the_projector_cannot_pool_to_is_refused(tmp_path):
 def test_multi_turn_packing_follows_the_world_config(tmp_path):
     """world.multi_fraction / multi_turns (workflows/toy.yaml): more records are multi-turn
     and they carry more one-word questions about their image, each within the short limit."""
-    from pipeline.toy.records import one_word_pairs
+    from toy_world.records import one_word_pairs
 
     def finetune(name: str, **over) -> tuple[dict, list[dict]]:
         wf = Workflow(world=WorldConfig(**{**SMALL, "n_finetune": 120, **over}),

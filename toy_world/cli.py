@@ -1,4 +1,4 @@
-"""`alignkd toy world`: generate the embedded toy world of a workflow (see pipeline/toy/world.py)."""
+"""`alignkd toy world`: generate the embedded toy world of a workflow (see toy_world/world.py)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def world(
     """Generate images, scene ground truth, LLaVA JSON (pretrain/finetune/eval), a tokenizer and
     the teacher/student inits, deterministically from world.seed. Rerunning with the same spec
     leaves an intact world untouched."""
-    from pipeline.toy.generate import WorldError  # heavy imports after argument parsing
-    from pipeline.toy.world import build_world
+    from toy_world.generate import WorldError  # heavy imports after argument parsing
+    from toy_world.world import build_world
 
     try:
         wf = load_workflow(workflow)

@@ -58,7 +58,7 @@ def write_models(world: Path, tokenizer_dir: Path, vocab_size: int, seed: int, g
     """`vision_tower/` (the toy CLIP vision config), `teacher_init/` and `student_init/` (random
     MobileVLM-layout checkpoints built from the toy presets, same tokenizer and vocab, the
     projector pooling to `grid` x `grid` vision tokens; the CLIP weights are `tower_state` when given,
-    the pre-trained toy tower of `pipeline.toy.tower`). The student's CLIP weights are copied from the teacher's: one frozen tower, as in
+    the pre-trained toy tower of `toy_world.tower`). The student's CLIP weights are copied from the teacher's: one frozen tower, as in
     the paper. `save_pretrained` gives each checkpoint its own `vision_tower/config.json` copy
     (relative `mm_vision_tower`), so a checkpoint dir is self-contained and relocatable; the
     tokenizer files are copied in for the same reason."""

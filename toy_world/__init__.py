@@ -1,7 +1,7 @@
 """The embedded toy world: generated shape images, LLaVA-format caption/QA data with a held-out
 eval split, a locally trained tokenizer and tiny MobileVLM teacher/student inits.
 
-    from pipeline.toy import build_world
+    from toy_world import build_world
     meta = build_world(load_workflow("workflows/toy.yaml"))      # what `alignkd toy world` runs
 
 Modules: scenes (ground truth), render (PIL), tasks (QA per task type), records (LLaVA records,
@@ -9,7 +9,7 @@ Short/Long fitting), generate (the world's content), assets (tokenizer, lengths,
 stats, world (writing, idempotency; the sizing rationale is in its docstring).
 """
 
-from pipeline.toy.generate import GENERATOR_VERSION, WorldError, WorldSpec
-from pipeline.toy.world import WORLD_JSON, build_world, existing_state
+from toy_world.generate import GENERATOR_VERSION, WorldError, WorldSpec
+from toy_world.world import WORLD_JSON, build_world, existing_state
 
 __all__ = ["GENERATOR_VERSION", "WORLD_JSON", "WorldError", "WorldSpec", "build_world", "existing_state"]

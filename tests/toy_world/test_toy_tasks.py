@@ -9,10 +9,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipeline.toy.records import Draft, draft, fit_turns, prefixes
-from pipeline.toy.render import png_bytes, render
-from pipeline.toy.scenes import COLOURS, GRID, SHAPES, Scene, sample_scene
-from pipeline.toy.tasks import IMAGE_TASKS, ONE_WORD, random_qa
+from toy_world.records import Draft, draft, fit_turns, prefixes
+from toy_world.render import png_bytes, render
+from toy_world.scenes import COLOURS, GRID, SHAPES, Scene, sample_scene
+from toy_world.tasks import IMAGE_TASKS, ONE_WORD, random_qa
 
 ROWS, COLS = ["top", "middle", "bottom"], ["left", "center", "right"]
 

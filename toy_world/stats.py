@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.toy import assets
-from pipeline.toy.generate import WorldSpec
-from pipeline.toy.records import Draft, one_word_pairs
-from pipeline.toy.scenes import Scene
+from toy_world import assets
+from toy_world.generate import WorldSpec
+from toy_world.records import Draft, one_word_pairs
+from toy_world.scenes import Scene
 
 
 def world_stats(spec: WorldSpec, train: list[Scene], pretrain: list[dict], finetune: list[dict],

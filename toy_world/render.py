@@ -8,7 +8,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.toy.scenes import COLOURS, Obj, Scene
+from toy_world.scenes import COLOURS, Obj, Scene
 
 
 def render(scene: Scene, image_size: int, rng: np.random.Generator) -> Image.Image:
