@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Iterable
 import pyarrow as pa
 
 from cache_schema.errors import CoverageError, NotFinalizedError
+from cache_schema.leftovers import remove_leftovers
 from cache_schema.provenance import SCHEMA_VERSION
 from cache_schema.records import (atomic_write, canonical, committed_units, crc32, incomplete_units, load_record,
                                   provenance_crc)
@@ -87,6 +88,7 @@ def finalize_store(store: "CacheStore", expected_sample_ids: Iterable[str]) -> F
     }).sort_by("image_hash")
     idx = root / "index"
     idx.mkdir(exist_ok=True)
+    remove_leftovers(root, staging=False, index_tmp=True)  # temp files of an earlier failed finalize
     (idx / FINALIZED).unlink(missing_ok=True)  # readers see "not finalised" while we rewrite
     meta = {"schema_version": SCHEMA_VERSION, "units": units, "unit_record_crc32": rec_crc,
             "n_samples": samples.num_rows, "n_images": images.num_rows,
