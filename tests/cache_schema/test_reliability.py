@@ -99,6 +99,23 @@ def test_full_disk_during_creation_is_one_line_and_leaves_nothing(tiny_fs):
     assert store_state(path) == "store"
 
 
+def test_edited_dtype_in_zarr_json_is_refused_by_the_reader(tmp_path):
+    s = CacheStore.create_or_open(tmp_path / "c", make_prov())
+    write_unit(s, "u0", *UNITS["u0"])
+    s.finalize(UNITS["u0"][0])
+    meta = tmp_path / "c" / "units" / "u0" / "image_tokens" / "zarr.json"
+    d = json.loads(meta.read_text())
+    assert d["data_type"] == "float32"
+    d["data_type"] = "int32"  # same bytes, other numbers: every CRC still passes
+    meta.write_text(json.dumps(d))
+    r = CacheReader(tmp_path / "c")
+    with pytest.raises(IntegrityError) as err:
+        r.image_tokens("u0-img0")
+    msg = str(err.value)
+    for needle in ("'u0-img0'", "array image_tokens", "unit u0", "dtype int32", "dtype float32"):
+        assert needle in msg, msg
+
+
 def _dead_pid() -> int:
     p = subprocess.Popen(["true"])
     p.wait()
