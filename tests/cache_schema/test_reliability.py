@@ -156,6 +156,12 @@ def test_stale_staging_of_a_committed_unit_is_reported_then_cleaned(tmp_path):
     rep = verify_store(path)
     assert rep.incomplete_units == [] and len(rep.leftovers) == 2, rep.leftovers
     assert "committed unit u2" in rep.leftovers[0] + rep.leftovers[1]
+    from typer.testing import CliRunner
+
+    from alignkd.cache_cmd import app
+
+    out = CliRunner().invoke(app, ["verify", str(path)]).output
+    assert out.count("LEFTOVER: ") == 2 and "OK, with 2 leftover(s)" in out, out  # not a silent OK
     gone = store.remove_leftovers()  # what the next teacher-dump does first
     assert sorted(gone) == sorted([left, tmp])
     assert verify_store(path).leftovers == [] and verify_store(path).ok

@@ -75,3 +75,44 @@ def test_second_dump_of_one_store_refuses_in_one_line(dump_world, tmp_path):
         holder.kill()
         holder.wait()
     assert lock_path(job.store_path).is_file()  # the lock file stays; the kernel released the lock
+
+
+KILLED_CREATOR = """
+import os, signal, sys
+from pathlib import Path
+import cache_schema.create as create
+from cache_schema.provenance import Provenance
+
+def die(tmp, prov):  # build the skeleton aside as create_store does, then die before the rename
+    real_build(tmp, prov)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+real_build, create._build = create._build, die
+create.create_store(Path(sys.argv[1]), Provenance.from_dict(__import__("json").loads(sys.argv[2])))
+"""
+
+
+@pytest.mark.slow
+def test_dump_killed_during_store_creation_reruns_to_the_reference_store(dump_world, ray_local, reference, tmp_path):
+    """Acceptance (issue 15): a kill during store creation, then the same dump again, finishes a store
+    identical to an uninterrupted run. The killed creator is a real process SIGKILLed between
+    building the skeleton aside and renaming it into place."""
+    import json
+
+    from cache_schema import verify_store
+    from tests.teacher_dump.dumplib import assert_stores_equal
+
+    wf = workflow(tmp_path, "killcreate", dump_world.world, manifest=dump_world.root / "manifest.parquet")
+    job = check_inputs(load_workflow(wf), "short")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-c", KILLED_CREATOR, str(job.store_path),
+                        json.dumps(job.provenance.stamped().to_dict())], env=env, cwd=REPO, timeout=120)
+    assert r.returncode == -9
+    (left,) = [p for p in job.store_path.parent.iterdir() if ".creating-" in p.name]
+    assert not job.store_path.exists()
+    job = check_inputs(load_workflow(wf), "short")
+    logs: list[str] = []
+    dump(job, progress=False, log=logs.append)
+    assert not left.exists(), "the dead creator's skeleton was not swept"
+    assert verify_store(job.store_path, expected_sample_ids=reference.plan.sample_ids()).ok
+    assert_stores_equal(job.store_path, reference.store)
