@@ -4,7 +4,8 @@ Each unit of work is written by exactly one `UnitWriter` into its own staging di
 zarr arrays: zarr-python loses data when two processes write one shard), then made visible by one
 atomic `rename` into `units/<unit_id>/` after every file and the commit record (written last,
 holding per-sample checksums) are fsync'ed. A crash leaves only a staging directory, which no
-reader looks at; a re-run of the unit writes a fresh one and the commit removes the leftovers.
+reader looks at; a re-run of the unit writes a fresh one and the commit removes the leftovers
+whose writer is dead (owner.py: never a live writer's).
 """
 
 from __future__ import annotations
