@@ -83,6 +83,12 @@ def _build(tmp: Path, provenance: Provenance) -> None:
     fsync_tree(tmp)
 
 
+def _created_meanwhile(path: Path) -> bool:
+    if store_state(path) == "store":
+        return False
+    raise CacheFormatError(f"{path}: changed while the cache was being created; re-run, or pick another path")
+
+
 def create_store(path: str | os.PathLike, provenance: Provenance) -> bool:
     """Make the store at `path` atomically unless one is there already. Returns True if this call
     created it, False if a store existed (or a concurrent creator won the race). Raises
@@ -100,7 +106,12 @@ def create_store(path: str | os.PathLike, provenance: Provenance) -> bool:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _build(tmp, provenance)
-        if state == "skeleton":  # an older version's half-made store: no data in it (checked)
+        # an older version's half-made store: no data in it. Checked again right before deleting, so
+        # a concurrent creator's store renamed into place meanwhile is opened, not deleted (a
+        # teacher-dump creates its store under the dump lock, so only library callers can race here)
+        if state == "skeleton":
+            if store_state(path) != "skeleton":
+                return _created_meanwhile(path)
             shutil.rmtree(path)
         try:
             os.rename(tmp, path)  # replaces an absent or empty directory atomically
