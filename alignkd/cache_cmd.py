@@ -209,9 +209,12 @@ def verify(path: Path = typer.Argument(..., help="cache directory"),
         typer.echo(f"INCOMPLETE units ({len(rep.incomplete_units)}): {', '.join(rep.incomplete_units)}")
     for f in rep.faults:
         typer.echo(f"FAULT: {f}")
+    for f in rep.leftovers:
+        typer.echo(f"LEFTOVER: {f}")
     if not rep.ok:
         raise typer.Exit(code=1)
-    typer.echo("OK")
+    typer.echo(f"OK, with {len(rep.leftovers)} leftover(s) that readers ignore; the next teacher-dump of this "
+               "cache removes those whose writer is gone" if rep.leftovers else "OK")
 
 
 @app.command("size-table")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Iterable
 import pyarrow as pa
 
 from cache_schema.errors import CoverageError, NotFinalizedError
+from cache_schema.leftovers import remove_leftovers
 from cache_schema.provenance import SCHEMA_VERSION
 from cache_schema.records import (atomic_write, canonical, committed_units, crc32, incomplete_units, load_record,
                                   provenance_crc)
@@ -87,6 +88,7 @@ def finalize_store(store: "CacheStore", expected_sample_ids: Iterable[str]) -> F
     }).sort_by("image_hash")
     idx = root / "index"
     idx.mkdir(exist_ok=True)
+    remove_leftovers(root, staging=False, index_tmp=True)  # temp files of an earlier failed finalize
     (idx / FINALIZED).unlink(missing_ok=True)  # readers see "not finalised" while we rewrite
     meta = {"schema_version": SCHEMA_VERSION, "units": units, "unit_record_crc32": rec_crc,
             "n_samples": samples.num_rows, "n_images": images.num_rows,
@@ -152,15 +154,29 @@ def load_index(root: Path, check_units: bool = True) -> Index:
     fin = idx / FINALIZED
     if not fin.is_file():
         raise NotFinalizedError(f"{root}: not finalised (no index/{FINALIZED}); run CacheStore.finalize(expected_ids)")
-    meta = json.loads(fin.read_bytes())
+    try:
+        meta = json.loads(fin.read_bytes())
+        units, rec_crcs = meta["units"], meta["unit_record_crc32"]
+        want = {name: int(meta[f"{name}_crc32"]) for name in ("samples", "images")}
+        if not isinstance(units, list) or not isinstance(rec_crcs, list) or len(units) != len(rec_crcs):
+            raise ValueError("units / unit_record_crc32 are not two lists of one length")
+    except (ValueError, KeyError, TypeError) as e:  # garbled or truncated: finalize rewrites it whole
+        raise NotFinalizedError(f"{fin}: unreadable index metadata ({type(e).__name__}: {e}); "
+                                "re-run finalize (teacher-dump with the same command)") from None
     tables = {}
     for name in ("samples", "images"):
         p = idx / f"{name}.arrow"
-        with pa.memory_map(str(p)) as mm:
-            buf = mm.read_buffer()
-        if crc32(memoryview(buf)) != meta[f"{name}_crc32"]:
+        try:
+            with pa.memory_map(str(p)) as mm:
+                buf = mm.read_buffer()
+        except (FileNotFoundError, OSError) as e:
+            raise NotFinalizedError(f"{p}: index file missing or unreadable ({e}); re-run finalize") from None
+        if crc32(memoryview(buf)) != want[name]:
             raise NotFinalizedError(f"{root}: index/{name}.arrow fails its CRC (corrupted or rewritten); re-run finalize")
-        tables[name] = pa.ipc.open_file(buf).read_all()
+        try:
+            tables[name] = pa.ipc.open_file(buf).read_all()
+        except (pa.ArrowException, ValueError) as e:  # passes its CRC yet does not parse: written wrong
+            raise NotFinalizedError(f"{p}: not a readable Arrow file ({e}); re-run finalize") from None
     if check_units:
         now = committed_units(root)
         if now != meta["units"]:

@@ -43,10 +43,20 @@ class _Unit:
                 raise IntegrityError(f"unit {unit_id}: array {n} holds {self.rec['lengths'][n]} elements, "
                                      f"its records add up to {off[-1]}")
         self._arrays: dict[str, zarr.Array] = {}
+        self._dtypes = {a.name: a.dtype for a in unit_arrays(prov)}
 
-    def array(self, name: str) -> zarr.Array:
+    def array(self, name: str, label: str = "") -> zarr.Array:
         if name not in self._arrays:
-            self._arrays[name] = zarr.open_array(str(self.dir / name), mode="r", zarr_format=3)
+            a = zarr.open_array(str(self.dir / name), mode="r", zarr_format=3)
+            # the per-sample CRCs cover bytes, not their meaning: an edited zarr.json dtype reads the
+            # same bytes as other numbers with every checksum passing, so check it against the schema
+            want = (self._dtypes[name], (self.rec["lengths"][name],))
+            if (a.dtype, a.shape) != want:
+                raise IntegrityError(
+                    f"{label}array {name} of unit {self.id}: zarr.json says dtype {a.dtype} shape {a.shape}, "
+                    f"the commit record and schema say dtype {want[0]} shape {want[1]}; the store's metadata was "
+                    "edited or corrupted, run `alignkd cache verify`")
+            self._arrays[name] = a
         return self._arrays[name]
 
     def read(self, name: str, first: int, last: int, what: str, labels: list[str]) -> list[np.ndarray]:
@@ -54,7 +64,10 @@ class _Unit:
         off = self.offsets[name]
         a, b = int(off[first]), int(off[last])
         try:
-            flat = self.array(name)[a:b] if b > a else np.zeros(0, self.array(name).dtype)
+            arr = self.array(name, f"{what} {labels[0]!r}: ")
+            flat = arr[a:b] if b > a else np.zeros(0, arr.dtype)
+        except IntegrityError:
+            raise
         except (ValueError, OSError, RuntimeError) as e:  # zarr's crc32c codec / decompressor failures
             raise IntegrityError(f"{what} {labels[0]!r}: array {name} of unit {self.id}: chunk unreadable "
                                  f"({e}); the store is corrupted, run `alignkd cache verify`") from e

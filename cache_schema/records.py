@@ -67,11 +67,15 @@ def fsync_tree(root: Path) -> None:
 
 def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: leave no half file behind (a kill's is swept by the next finalize)
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def layout_dict(prov: Provenance) -> dict:
@@ -99,6 +103,8 @@ def read_root(path: Path) -> Provenance:
         raise CacheFormatError(f"{path}: not an alignkd cache (no zarr.json); create it with CacheStore.create_or_open")
     try:
         meta = json.loads(p.read_bytes())["attributes"]["alignkd_cache"]
+        if not isinstance(meta, dict):
+            raise TypeError(f"attributes.alignkd_cache is a {type(meta).__name__}")
     except (ValueError, KeyError, TypeError) as e:
         raise CacheFormatError(f"{p}: not an alignkd cache root (no attributes.alignkd_cache): {e}") from e
     if meta.get("format") != FORMAT_NAME:
@@ -108,6 +114,8 @@ def read_root(path: Path) -> Provenance:
             f"{path}: schema_version expected {SCHEMA_VERSION}, got {meta.get('schema_version')!r} "
             f"(this code reads only version {SCHEMA_VERSION})"
         )
+    if not isinstance(meta.get("provenance"), dict):
+        raise CacheFormatError(f"{p}: attributes.alignkd_cache.provenance is missing or not an object")
     prov = Provenance.from_dict(meta["provenance"], where=str(path))
     if meta.get("layout") != layout_dict(prov):
         raise CacheFormatError(f"{p}: layout does not match schema {SCHEMA_VERSION} for its provenance")

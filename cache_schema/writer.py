@@ -4,7 +4,8 @@ Each unit of work is written by exactly one `UnitWriter` into its own staging di
 zarr arrays: zarr-python loses data when two processes write one shard), then made visible by one
 atomic `rename` into `units/<unit_id>/` after every file and the commit record (written last,
 holding per-sample checksums) are fsync'ed. A crash leaves only a staging directory, which no
-reader looks at; a re-run of the unit writes a fresh one and the commit removes the leftovers.
+reader looks at; a re-run of the unit writes a fresh one and the commit removes the leftovers
+whose writer is dead (owner.py: never a live writer's).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import datetime as _dt
 import os
 import shutil
 import socket
-import uuid
 from pathlib import Path
 from typing import Iterable
 
@@ -21,11 +21,14 @@ import numpy as np
 import zarr
 
 from cache_schema.codecs import codec_chain
+from cache_schema.create import create_store
 from cache_schema.index import FinalizeReport
 from cache_schema.errors import CacheError, CacheFormatError, SampleValidationError, UnitExistsError
 from cache_schema.provenance import Provenance, check_provenance
+from cache_schema.owner import owner_token
 from cache_schema.records import (COMMIT, atomic_write, check_unit_id, committed_units, crc32, fsync_path,
-                                  fsync_tree, incomplete_units, make_record, provenance_crc, read_root, root_meta)
+                                  fsync_tree, incomplete_units, make_record, provenance_crc, read_root)
+from cache_schema.leftovers import remove_leftovers
 from cache_schema.schema import SampleTargets, dims_columns, encode_sample, unit_arrays, validate_image
 
 
@@ -39,33 +42,12 @@ class CacheStore:
     @classmethod
     def create_or_open(cls, path: str | os.PathLike, provenance: Provenance) -> "CacheStore":
         """Create the store, or open an existing one whose provenance matches (created_by /
-        created_at excepted). Safe to race from many processes: the root metadata is published
-        with an exclusive hard link, the losers compare against the winner's."""
-        path = Path(path)
+        created_at excepted). Safe to race from many processes and to kill at any point: the
+        skeleton is built aside and renamed into place (cache_schema.create)."""
         if not provenance.created_at:
             provenance = provenance.stamped()
-        if (path / "zarr.json").is_file():
-            return cls._open_checked(path, provenance)
-        skeleton = {"units", "staging", "index"}  # what a concurrent creator may have made already
-        if path.exists() and any(e.name not in skeleton and not e.name.startswith(".init-") for e in path.iterdir()):
-            raise CacheFormatError(f"{path}: exists, is not empty and is not an alignkd cache; pick another path")
-        for sub in ("units", "staging", "index"):
-            (path / sub).mkdir(parents=True, exist_ok=True)
-        init = path / f".init-{uuid.uuid4().hex[:12]}"
-        try:
-            zarr.open_group(str(init), mode="w", zarr_format=3, attributes={"alignkd_cache": root_meta(provenance)})
-            zarr.open_group(str(init / "units"), mode="w", zarr_format=3, attributes={})
-            fsync_tree(init)
-            for src, dst in ((init / "units" / "zarr.json", path / "units" / "zarr.json"),
-                             (init / "zarr.json", path / "zarr.json")):  # root last: it marks the store
-                try:
-                    os.link(src, dst)
-                except FileExistsError:
-                    pass
-            fsync_path(path)
-        finally:
-            shutil.rmtree(init, ignore_errors=True)
-        return cls._open_checked(path, provenance)
+        create_store(path, provenance)
+        return cls._open_checked(Path(path), provenance)
 
     @classmethod
     def _open_checked(cls, path: Path, provenance: Provenance) -> "CacheStore":
@@ -77,6 +59,10 @@ class CacheStore:
     def open(cls, path: str | os.PathLike) -> "CacheStore":
         """Open an existing store with its own provenance (finalize, verify, tools)."""
         return cls(Path(path), read_root(Path(path)))
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete staging dirs and finalize temp files whose writer is gone (never a live one's)."""
+        return remove_leftovers(self.path, index_tmp=True)
 
     def is_unit_complete(self, unit_id: str) -> bool:
         return (self.path / "units" / check_unit_id(unit_id) / COMMIT).is_file()
@@ -111,7 +97,7 @@ class UnitWriter:
 
     def __init__(self, store: CacheStore, unit_id: str):
         self.store, self.unit_id, self.prov = store, check_unit_id(unit_id), store.provenance
-        self._dir = store.path / "staging" / f"{unit_id}.{uuid.uuid4().hex[:12]}"
+        self._dir = store.path / "staging" / f"{unit_id}.{owner_token()}"  # owner in the name: see owner.py
         self._specs = {a.name: a for a in unit_arrays(self.prov)}
         group = zarr.open_group(str(self._dir), mode="w-", zarr_format=3, attributes={"unit_id": unit_id})
         shard = self.prov.encoding.shard_chunks
@@ -222,9 +208,8 @@ class UnitWriter:
             raise CacheError(f"unit {self.unit_id!r}: could not move {self._dir} to {final}: {e}") from e
         fsync_path(final.parent)
         self._state = "committed"
-        for stale in (self.store.path / "staging").iterdir():
-            if stale.name.rsplit(".", 1)[0] == self.unit_id:  # leftovers of crashed earlier attempts
-                shutil.rmtree(stale, ignore_errors=True)
+        # leftovers of crashed earlier attempts of this unit; a live concurrent writer's dir is kept
+        remove_leftovers(self.store.path, unit_id=self.unit_id)
         return body
 
     def abort(self) -> None:

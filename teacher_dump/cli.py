@@ -26,6 +26,7 @@ def teacher_dump(
     """Phase 1: run the teacher once over a subset on Ray and write the zarr cache."""
     from cache_schema import CacheError
     from pipeline.workflow import WorkflowError, load_workflow
+    from teacher_dump.lock import DumpLockedError
     from teacher_dump.run import DumpError, dump
     from teacher_dump.validate import DumpInputError, check_inputs
 
@@ -33,6 +34,6 @@ def teacher_dump(
         wf = load_workflow(workflow)
         job = check_inputs(wf, subset, workers=workers, batch_size=batch_size, dry_run=dry_run)
         dump(job, address=ray_address, dry_run=dry_run, progress=progress, log=lambda m: typer.echo(m, err=True))
-    except (WorkflowError, DumpInputError, DumpError, CacheError) as exc:
+    except (WorkflowError, DumpInputError, DumpError, DumpLockedError, CacheError) as exc:
         typer.echo(f"teacher-dump: {exc}", err=True)
         raise typer.Exit(code=1) from None

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from cache_schema import CacheStore, FinalizeReport
 from pipeline.preflight import format_counts, human_bytes, manifest_counts
 from teacher_dump.actor import TeacherWorker, WorkerSpec, read_failures
+from teacher_dump.lock import dump_lock
 from teacher_dump.plan import Plan, Unit, make_plan, plan_digest, projected_bytes
 from teacher_dump.validate import NOT_HASHED, DumpInputError, DumpJob
 
@@ -149,6 +150,10 @@ def run_units(job: DumpJob, plan: Plan, address: str | None = None, progress: bo
     compute_s, wall_s, pid of the actor): progress hooks, benchmarks, fault-injection tests.
     """
     store = CacheStore.create_or_open(job.store_path, job.provenance)
+    gone = store.remove_leftovers()  # of killed earlier runs (we hold the dump lock: none is live here)
+    if gone:
+        log(f"removed {len(gone)} leftover(s) of an interrupted earlier run: "
+            + ", ".join(str(p.relative_to(job.store_path)) for p in gone[:3]) + (", …" if len(gone) > 3 else ""))
     job.failures_dir.mkdir(parents=True, exist_ok=True)
     state = job.failures_dir / PLAN_FILE
     if not state.is_file():
@@ -266,5 +271,6 @@ def dump(job: DumpJob, address: str | None = None, dry_run: bool = False, progre
     if job.provenance.teacher_fingerprint == NOT_HASHED:  # a store must never carry a dry run's provenance
         raise DumpInputError("this job was checked for a dry run (teacher weights not hashed): "
                              "check_inputs(..., dry_run=False) before dumping")
-    rep = run_units(job, plan, address=address, progress=progress, log=log, on_unit=on_unit)
-    return finalize(job, plan, rep, log=log)
+    with dump_lock(job.store_path):  # a second dump of this store refuses instead of racing it
+        rep = run_units(job, plan, address=address, progress=progress, log=log, on_unit=on_unit)
+        return finalize(job, plan, rep, log=log)

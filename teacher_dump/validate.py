@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from cache_schema import CacheStore, CacheError, Encoding, Provenance
+from cache_schema.create import store_state
 from cache_schema.provenance import check_provenance
 from pipeline.fingerprint import checkpoint_fingerprint, config_fingerprint, tokenizer_fingerprint
 from pipeline.preflight import ModelInfo, check_vocab, inspect_model
@@ -222,7 +223,8 @@ def check_inputs(wf: Workflow, subset: str, workers: int | None = None, batch_si
     layers = tuple(dict.fromkeys(wf.cache.layers))
     blocks = tuple(dict.fromkeys(wf.cache.blocks))
     store = _abs(str(wf.cache_path(subset)))
-    resume = (store / "zarr.json").is_file()
+    state = store_state(store)
+    resume = state == "store"
     prov = None
     if cfg is not None and encoding is not None and tok_fp and not problems:
         # hashing reads every weight (~1 min for 14 GB): a dry run does it only to check a resume
@@ -255,7 +257,7 @@ def check_inputs(wf: Workflow, subset: str, workers: int | None = None, batch_si
         except CacheError as exc:
             raise DumpInputError(f"{exc}\n(resuming into {store} needs the provenance it was created with; "
                                  f"move it aside or set cache.dir to start a new cache)") from None
-    elif store.exists() and any(store.iterdir()):
+    elif state == "foreign":  # "skeleton" (an older version's unfinished creation) is recreated
         raise DumpInputError(f"{store} exists, is not empty and is not an alignkd cache: set cache.dir elsewhere")
     d = wf.dump
     return DumpJob(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,9 @@ def _decode_one(decoder: json.JSONDecoder, buf: _Buffer, path: Path, index: int)
     while True:
         try:
             obj, end = decoder.raw_decode(buf.text, buf.pos)
+        except RecursionError:  # ~1,000 nested brackets exhaust the decoder's stack: no record is like that
+            raise ManifestError(f"{path}: element {index} is nested too deeply to parse (over ~{sys.getrecursionlimit()} "
+                                "levels of [ or {); fix or drop that record") from None
         except json.JSONDecodeError as exc:
             if len(buf.text) - buf.pos > MAX_RECORD_CHARS or not buf.fill():
                 raise ManifestError(f"{path}: element {index} is not valid JSON ({exc.msg}; "
