@@ -1,9 +1,12 @@
 """A tokenizer as the MobileVLM V2 releases ship it (tokenizer.model, tokenizer_config.json,
 special_tokens_map.json, no tokenizer.json): it loads, the manifest built with it equals MobileVLM's
-own preprocessing done on SentencePiece directly, and a missing sentencepiece is named as such."""
+own preprocessing done on SentencePiece directly, a missing sentencepiece is named as such, and
+its vocabulary has one fingerprint and one size in either file format."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.data.manifest import build_manifest
+from pipeline.fingerprint import tokenizer_size, vocab_fingerprint
+from pipeline.preflight import ModelInfo, check_vocab
 from pipeline.tokenizer_load import TokenizerLoadError, load_tokenizer, tokenizer_dir_for
 from pipeline.workflow import load_workflow
 from tests.pipeline.data_fixtures import caption, qa, write_json, write_png, write_workflow
@@ -118,6 +123,43 @@ def test_a_directory_without_a_vocabulary_is_named(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text("{}")
     with pytest.raises(TokenizerLoadError, match=f"{tmp_path}: no tokenizer.json or tokenizer.model"):
         load_tokenizer(tmp_path)
+
+
+def test_one_vocabulary_in_either_format_has_one_fingerprint_and_size(release_dir, json_dir, tmp_path):
+    assert vocab_fingerprint(release_dir) == vocab_fingerprint(json_dir)
+    assert tokenizer_size(release_dir) == tokenizer_size(json_dir) == VOCAB
+    # another vocabulary, or other ids for <s>/</s>, is another fingerprint
+    other = write_release_tokenizer(tmp_path / "other", train_sentencepiece(VOCAB, seed=1))
+    assert vocab_fingerprint(other) != vocab_fingerprint(release_dir)
+    swapped = shutil.copytree(json_dir, tmp_path / "swapped")
+    cfg = json.loads((swapped / "tokenizer_config.json").read_text())
+    cfg["eos_token"] = "<unk>"
+    (swapped / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert load_tokenizer(swapped).eos_token_id == 0
+    assert vocab_fingerprint(swapped) != vocab_fingerprint(json_dir)
+
+
+def _model(label: str, path: Path, vocab_size: int) -> ModelInfo:
+    from pipeline.models import MobileVLMConfig
+
+    return ModelInfo(label=label, path=path, config=MobileVLMConfig(vocab_size=vocab_size), params={},
+                     weight_bytes=0, vision_tokens=N_VISION)
+
+
+def test_the_vocabulary_check_takes_a_release_teacher_and_never_skips_the_size(release_dir, json_dir, tmp_path):
+    teacher = shutil.copytree(release_dir, tmp_path / "teacher")  # a release: tokenizer.model only
+    line, problems = check_vocab(json_dir, "data.tokenizer", [_model("models.teacher", teacher, VOCAB)])
+    assert problems == [] and line.startswith("one vocabulary") and f"{VOCAB} tokens" in line, (line, problems)
+    # a teacher whose embedding is smaller than the (release-format) tokenizer: refused
+    _, problems = check_vocab(release_dir, "data.tokenizer", [_model("models.teacher", teacher, VOCAB - 10)])
+    assert any(f"token ids up to {VOCAB - 1}" in p and "vocab_size 390" in p for p in problems), problems
+
+
+def test_a_tokenizer_that_cannot_be_read_is_a_problem_not_a_skip(tmp_path, release_dir):
+    broken = shutil.copytree(release_dir, tmp_path / "broken")
+    (broken / "tokenizer.model").write_bytes(b"not a sentencepiece model")
+    _, problems = check_vocab(broken, "data.tokenizer", [_model("models.teacher", tmp_path / "none", VOCAB)])
+    assert len(problems) == 1 and problems[0].startswith(f"data.tokenizer: {broken}"), problems
 
 
 def test_a_checkpoint_shipping_tokenizer_model_uses_its_own(release_dir, tmp_path):
