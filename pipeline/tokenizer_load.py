@@ -53,6 +53,18 @@ def _missing_packages() -> list[str]:
     return missing
 
 
+def _check_sentencepiece_model(model_file: Path) -> None:
+    """transformers answers an unreadable tokenizer.model (truncated download, a git-lfs pointer)
+    with the same tiktoken message; say what it is."""
+    import sentencepiece  # noqa: PLC0415
+
+    try:
+        sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+    except (OSError, RuntimeError) as exc:
+        raise TokenizerLoadError(f"{model_file}: not a readable SentencePiece model ({str(exc).strip()}): "
+                                 f"download it again (a {model_file.stat().st_size}-byte file)") from None
+
+
 def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerBase:
     """The transformers tokenizer of `directory` (tokenizer.json, or tokenizer.model + its
     config files). Raises TokenizerLoadError naming the directory and what is missing."""
@@ -69,6 +81,7 @@ def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerBase:
                 f"{d}: reading its tokenizer.model (a SentencePiece model, no tokenizer.json) needs the "
                 f"{' and '.join(r.split('>')[0] for r in missing)} package{'s' if len(missing) > 1 else ''}: "
                 f"pip install {quoted} (alignkd depends on them: reinstall it), or add a tokenizer.json")
+        _check_sentencepiece_model(d / "tokenizer.model")
     from transformers import AutoTokenizer  # noqa: PLC0415  (heavy: only when a tokenizer is needed)
 
     try:

@@ -159,7 +159,8 @@ def test_a_tokenizer_that_cannot_be_read_is_a_problem_not_a_skip(tmp_path, relea
     broken = shutil.copytree(release_dir, tmp_path / "broken")
     (broken / "tokenizer.model").write_bytes(b"not a sentencepiece model")
     _, problems = check_vocab(broken, "data.tokenizer", [_model("models.teacher", tmp_path / "none", VOCAB)])
-    assert len(problems) == 1 and problems[0].startswith(f"data.tokenizer: {broken}"), problems
+    assert len(problems) == 1 and problems[0].startswith(f"data.tokenizer: {broken}/tokenizer.model: not a readable "
+                                                         "SentencePiece model"), problems
 
 
 def test_a_checkpoint_shipping_tokenizer_model_uses_its_own(release_dir, tmp_path):
