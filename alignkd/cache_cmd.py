@@ -152,9 +152,9 @@ def show(path: Path = typer.Argument(..., help="cache directory"),
         typer.echo(f"  vision tokens: {list(v.shape)} float32  mean|x| {np.abs(v).mean():.4g}  max|x| {np.abs(v).max():.4g}")
     tok = None
     if tokenizer is not None:
-        from transformers import AutoTokenizer
+        from alignkd.tokenizer_arg import cli_tokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(tokenizer))
+        tok = cli_tokenizer(tokenizer)
     typer.echo(f"  top-{s.topk_ids.shape[1] if s.topk_ids.ndim == 2 else 0} logits per response position "
                f"(showing {min(positions, s.n_resp)}):")
     for t in range(min(positions, s.n_resp)):

@@ -21,11 +21,11 @@ def eval_model(
                                             "of the exact-match difference (this model minus that one)"),
 ) -> None:
     """Evaluate MODEL on the workflow's held-out split; writes predictions.jsonl and summary.json."""
-    from transformers import AutoTokenizer
-
+    from alignkd.tokenizer_arg import cli_tokenizer
     from pipeline.evaluation import evaluate, image_use, summarise, with_other_images, write_predictions
     from pipeline.paired import paired_diff
     from pipeline.models import MobileVLM
+    from pipeline.tokenizer_load import tokenizer_dir_for
     from pipeline.workflow import load_workflow
 
     wf = load_workflow(workflow)
@@ -34,8 +34,8 @@ def eval_model(
     records = json.loads(Path(wf.data.eval.json).read_text())
     if limit:
         records = records[:limit]
-    tok_dir = tokenizer or (model if (model / "tokenizer.json").is_file() else Path(wf.data.tokenizer))
-    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    tok = cli_tokenizer(tokenizer or tokenizer_dir_for(model, wf.data.tokenizer),
+                        "--tokenizer" if tokenizer else "--model / data.tokenizer")
     m = MobileVLM.from_pretrained(model)
     preds = evaluate(m, tok, records, wf.data.eval.image_root, wf.data.eval.template,
                      batch_size or wf.eval.batch_size, wf.eval.max_new_tokens)

@@ -19,11 +19,11 @@ def probe(
     """Adjacent-layer cosine similarity and vision–text similarity/distance per layer → CSV + PNG."""
     import torch
     from PIL import Image
-    from transformers import AutoTokenizer
-
+    from alignkd.tokenizer_arg import cli_tokenizer
     from pipeline.analysis.layer_probe import LayerProbe
     from pipeline.models import MobileVLM, preprocess_image
     from pipeline.templates import encode_conversation
+    from pipeline.tokenizer_load import tokenizer_dir_for
     from pipeline.workflow import load_workflow
 
     wf = load_workflow(data)
@@ -31,8 +31,7 @@ def probe(
     if ds is None:
         raise typer.BadParameter(f"{data}: no data.eval and no data.datasets to probe")
     records = [r for r in json.loads(Path(ds.json).read_text()) if r.get("image")][:limit]
-    tok_dir = model if (model / "tokenizer.json").is_file() else Path(wf.data.tokenizer)
-    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    tok = cli_tokenizer(tokenizer_dir_for(model, wf.data.tokenizer), "--model / data.tokenizer")
     m = MobileVLM.from_pretrained(model).eval()
     acc = LayerProbe()
     for i in range(0, len(records), batch_size):

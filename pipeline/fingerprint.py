@@ -2,7 +2,9 @@
 
 A fingerprint is a short hex digest of bytes on disk, so a store can be checked against a
 checkpoint or tokenizer without loading either (and, for the teacher, without opening its weights
-when only the config is at hand: see `config_fingerprint`).
+when only the config is at hand: see `config_fingerprint`). The exception is `vocab_fingerprint`,
+a digest of the loaded vocabulary, so that the same pieces shipped as a SentencePiece
+tokenizer.model or as a tokenizer.json compare equal.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -31,47 +34,58 @@ def tokenizer_fingerprint(tokenizer_dir: str | Path) -> str:
     return _digest(parts)
 
 
-def _vocab_pairs(tokenizer_json: Path) -> list[tuple[int, str]]:
-    """(id, token) of a tokenizer.json's model vocabulary and added tokens, sorted by id."""
-    tj = json.loads(tokenizer_json.read_text(encoding="utf-8"))
-    vocab = tj.get("model", {}).get("vocab") or {}
-    # BPE / WordPiece: {token: id}; Unigram: [[piece, score], ...] with the position as id
-    pairs = {(i, t) for t, i in vocab.items()} if isinstance(vocab, dict) else {(i, v[0]) for i, v in enumerate(vocab)}
-    pairs |= {(t["id"], t["content"]) for t in tj.get("added_tokens", [])}
-    return sorted(pairs)
+# the special tokens whose ids the manifest's rows depend on: <s> and </s> the templates write,
+# <unk> what text outside the vocabulary becomes. (Padding is masked, so pad may differ: the
+# releases ship pad_token null, our exports pad with <unk>.)
+_ID_SPECIALS = ("bos_token", "eos_token", "unk_token")
+
+
+def vocab_pairs(tokenizer: Any) -> list[tuple[int, str]]:
+    """(id, piece) of a loaded tokenizer's whole vocabulary, added tokens included, sorted by id.
+    Read from the loaded tokenizer, so a tokenizer.model and the tokenizer.json converted from
+    it give the same list."""
+    return sorted((i, t) for t, i in tokenizer.get_vocab().items())
+
+
+def vocab_digest(tokenizer: Any) -> str:
+    """Digest of a loaded tokenizer's (id, piece) list and the ids of <s>, </s>, <unk>."""
+    specials = [(name, getattr(tokenizer, name, None), getattr(tokenizer, name + "_id", None)) for name in _ID_SPECIALS]
+    return _digest([("vocab", json.dumps(vocab_pairs(tokenizer), ensure_ascii=False).encode()),
+                    ("specials", json.dumps(specials, ensure_ascii=False).encode())])
 
 
 def vocab_fingerprint(tokenizer_dir: str | Path) -> str:
-    """Digest of a tokenizer's vocabulary alone (which id is which token), not of its settings.
+    """Digest of a tokenizer's vocabulary by content (which id is which piece, and which ids <s>,
+    </s> and <unk> are), not of its files or settings.
 
-    Teacher and student must agree on ids, nothing more: two checkpoints that ship LLaMA's
-    vocabulary with different tokenizer_config.json files (model_max_length, padding side) get
-    the same digest, where `tokenizer_fingerprint` tells them apart. The SentencePiece model
-    (tokenizer.model, whose pieces are the vocabulary) is used when present, so that a checkpoint
-    shipping it next to a converted tokenizer.json compares equal to one shipping it alone; else
-    tokenizer.json's vocabulary and added tokens. (A tokenizer.model-only directory and a
-    tokenizer.json-only one never compare equal: convert one, or give both the same files.)
+    Teacher and student must agree on ids, nothing more: a release directory shipping LLaMA's
+    SentencePiece tokenizer.model and a directory holding the tokenizer.json converted from it
+    get the same digest, and so do two checkpoints whose tokenizer_config.json files differ in
+    model_max_length or padding side (`tokenizer_fingerprint`, over all the files, tells those
+    apart). Loads the tokenizer (pipeline.tokenizer_load): FileNotFoundError when the directory
+    holds neither tokenizer.json nor tokenizer.model, TokenizerLoadError when it cannot be read.
     """
-    d = Path(tokenizer_dir)
-    if (d / "tokenizer.model").is_file():
-        parts = [("tokenizer.model", (d / "tokenizer.model").read_bytes())]
-        if (d / "added_tokens.json").is_file():
-            added = json.loads((d / "added_tokens.json").read_text(encoding="utf-8"))
-            parts.append(("added_tokens", json.dumps(sorted(added.items())).encode()))
-        return _digest(parts)
-    if (d / "tokenizer.json").is_file():
-        return _digest([("vocab", json.dumps(_vocab_pairs(d / "tokenizer.json"), ensure_ascii=False).encode())])
-    raise FileNotFoundError(f"no tokenizer vocabulary (tokenizer.model or tokenizer.json) in {d}")
+    from pipeline.tokenizer_load import has_tokenizer, load_tokenizer  # noqa: PLC0415 (transformers)
+
+    if not has_tokenizer(tokenizer_dir):
+        raise FileNotFoundError(f"no tokenizer vocabulary (tokenizer.model or tokenizer.json) in {tokenizer_dir}")
+    return vocab_digest(load_tokenizer(tokenizer_dir))
 
 
-def tokenizer_size(tokenizer_dir: str | Path) -> int | None:
-    """Largest token id + 1 of a tokenizer.json (what a model's vocab_size must hold); None when
-    the directory has no tokenizer.json (a SentencePiece model needs sentencepiece to be read)."""
-    f = Path(tokenizer_dir) / "tokenizer.json"
-    if not f.is_file():
-        return None
-    pairs = _vocab_pairs(f)
+def vocab_size(tokenizer: Any) -> int:
+    """Largest token id + 1 of a loaded tokenizer (what a model's vocab_size must hold)."""
+    pairs = vocab_pairs(tokenizer)
     return pairs[-1][0] + 1 if pairs else 0
+
+
+def tokenizer_size(tokenizer_dir: str | Path) -> int:
+    """Largest token id + 1 of the tokenizer in `tokenizer_dir`, in either format (loads it:
+    FileNotFoundError / TokenizerLoadError as `vocab_fingerprint`)."""
+    from pipeline.tokenizer_load import has_tokenizer, load_tokenizer  # noqa: PLC0415
+
+    if not has_tokenizer(tokenizer_dir):
+        raise FileNotFoundError(f"no tokenizer vocabulary (tokenizer.model or tokenizer.json) in {tokenizer_dir}")
+    return vocab_size(load_tokenizer(tokenizer_dir))
 
 
 def config_fingerprint(model_dir: str | Path) -> str:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.data.contract import read_manifest, subset_column
-from pipeline.fingerprint import tokenizer_size, vocab_fingerprint
+from pipeline.fingerprint import vocab_digest, vocab_size
 
 if TYPE_CHECKING:
     from pipeline.models import MobileVLMConfig
@@ -109,22 +109,37 @@ def inspect_model(path: str | Path, label: str, problems: list[str], config_of: 
 
 def check_vocab(tokenizer_dir: str | Path, tokenizer_label: str, models: Iterable[ModelInfo | None]) -> tuple[str, list[str]]:
     """(a summary line, problems): `tokenizer_dir` (the manifest's tokenizer) and every model dir
-    that ships tokenizer files must hold one vocabulary, since Align-KD compares teacher and
-    student distributions token by token over the manifest's ids; the models' vocab_size must
-    agree and hold every id of the tokenizer. A directory without tokenizer files is skipped (the
-    callers fingerprint `tokenizer_dir` anyway, and report it missing there)."""
+    that ships a tokenizer (tokenizer.json or tokenizer.model) must hold one vocabulary, since
+    Align-KD compares teacher and student distributions token by token over the manifest's ids;
+    the models' vocab_size must agree and hold every id of the tokenizer. Each tokenizer is
+    loaded, so the comparison is by content (either file format) and the size check always runs;
+    one that cannot be loaded (e.g. sentencepiece missing) is a problem, never skipped. A model
+    directory without tokenizer files is skipped, and so is a missing `tokenizer_dir` (the
+    callers fingerprint it anyway, and report it missing there)."""
+    from pipeline.tokenizer_load import TokenizerLoadError, has_tokenizer, load_tokenizer  # noqa: PLC0415
+
     models = [m for m in models if m is not None]
     problems: list[str] = []
     by_path: dict[Path, list[str]] = {}  # one directory may stand for several keys (data.tokenizer = student)
     for label, d in [(tokenizer_label, Path(tokenizer_dir).expanduser())] + [(m.label, m.path) for m in models]:
         labels = by_path.setdefault(d.resolve() if d.exists() else d, [])
         labels += [label] if label not in labels else []
+    tok_key = next(iter(by_path))
     vocab: dict[Path, str] = {}
-    for d in by_path:
+    n: int | None = None  # largest id + 1 of tokenizer_dir
+    for d, labels in by_path.items():
+        if not has_tokenizer(d):
+            if d == tok_key and d.is_dir():
+                problems.append(f"{tokenizer_label}: no tokenizer.json or tokenizer.model in {d}")
+            continue  # a model's tokenizer is optional; a missing data.tokenizer the caller reports
         try:
-            vocab[d] = vocab_fingerprint(d)
-        except FileNotFoundError:  # a model's tokenizer is optional; a missing data.tokenizer the caller reports
+            tok = load_tokenizer(d)
+        except TokenizerLoadError as exc:
+            problems.append(f"{' = '.join(labels)}: {exc}")
             continue
+        vocab[d] = vocab_digest(tok)
+        if d == tok_key:
+            n = vocab_size(tok)
     groups: dict[str, list[str]] = {}
     for d, fp in vocab.items():
         groups.setdefault(fp, []).append(f"{' = '.join(by_path[d])} ({d})")
@@ -140,7 +155,6 @@ def check_vocab(tokenizer_dir: str | Path, tokenizer_label: str, models: Iterabl
     if len(set(sizes.values())) > 1:
         problems.append("the models' vocab_size differ (" + ", ".join(f"{k} {v}" for k, v in sizes.items())
                         + "): the teacher's output distribution cannot be compared with the student's")
-    n = tokenizer_size(tokenizer_dir) if Path(tokenizer_dir).expanduser().is_dir() else None
     for m in models:
         if n is not None and n > m.config.vocab_size:
             problems.append(f"{tokenizer_label} has token ids up to {n - 1} but {m.label} has vocab_size "
@@ -149,7 +163,7 @@ def check_vocab(tokenizer_dir: str | Path, tokenizer_label: str, models: Iterabl
     if len(groups) == 1:
         line = f"one vocabulary {next(iter(groups))}{size}: " + "; ".join(next(iter(groups.values())))
     else:
-        line = "no tokenizer files found" if not groups else "the tokenizers differ (see the problems)"
+        line = "no tokenizer could be read" if not groups else "the tokenizers differ (see the problems)"
     return line, problems
 
 

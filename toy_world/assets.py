@@ -21,11 +21,11 @@ V1_BOILERPLATE = [V1_SYSTEM, "USER: ASSISTANT:"]
 
 
 def build_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> Any:
-    """Train, save and load back (through AutoTokenizer, as every consumer will) the tokenizer."""
-    from transformers import AutoTokenizer
+    """Train, save and load back (through load_tokenizer, as every consumer will) the tokenizer."""
+    from pipeline.tokenizer_load import load_tokenizer
 
     train_tokenizer(texts, vocab_size, out_dir)
-    return AutoTokenizer.from_pretrained(str(out_dir))
+    return load_tokenizer(out_dir)
 
 
 def embedded_lengths(convs: list[tuple[list[dict], str, bool]], tokenizer: Any, n_vision: int) -> list[int]:

@@ -209,12 +209,12 @@ class _Runner:
         self.tokenizer_dir, self.num_workers, self.pool = tokenizer_dir, num_workers, None
 
     def __enter__(self) -> "_Runner":
-        from transformers import AutoTokenizer
+        from pipeline.tokenizer_load import TokenizerLoadError, load_tokenizer
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
-        except (OSError, ValueError) as exc:
-            raise ManifestError(f"data.tokenizer: cannot load a tokenizer from {self.tokenizer_dir}: {exc}") from exc
+            tokenizer = load_tokenizer(self.tokenizer_dir)
+        except TokenizerLoadError as exc:
+            raise ManifestError(f"data.tokenizer: {exc}") from exc
         if self.num_workers <= 1:
             init_worker(tokenizer)
             return self
