@@ -68,9 +68,11 @@ def test_missing_manifest_file_is_one_line_and_debug_keeps_the_traceback(store, 
     gone = tmp_path / "gone.parquet"
     code, err = _cli(capsys, "cache", "verify", store, "--manifest", gone)
     line = _one_error_line(err)
-    assert code == 1 and str(gone) in line and "check the path" in line, line
+    assert code == 1 and str(gone) in line and "not found: build it with `alignkd data build`" in line, line
     monkeypatch.setenv("ALIGNKD_DEBUG", "0")  # the callback sets it; monkeypatch restores it
-    with pytest.raises(FileNotFoundError):
+    from pipeline.data.contract import ManifestFormatError
+
+    with pytest.raises(ManifestFormatError):
         app(["--debug", "cache", "verify", str(store), "--manifest", str(gone)], prog_name="alignkd")
 
 
@@ -105,4 +107,4 @@ def test_console_script_prints_one_line_and_debug_env_shows_the_traceback(store,
     r = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert r.returncode == 1 and "gone.parquet" in _one_error_line(r.stderr)
     r = subprocess.run(args, capture_output=True, text=True, env=dict(env, ALIGNKD_DEBUG="1"), cwd=REPO, timeout=120)
-    assert r.returncode == 1 and "Traceback" in r.stderr and "FileNotFoundError" in r.stderr
+    assert r.returncode == 1 and "Traceback" in r.stderr and "ManifestFormatError" in r.stderr
