@@ -47,8 +47,11 @@ def eval_model(
                            batch_size or wf.eval.batch_size, wf.eval.max_new_tokens)
         sw = summarise(swapped)
         drop = paired_diff([p.correct for p in preds], [p.correct for p in swapped])
+        # share of answers that change with the image: 0 for an image-blind model (or a swap that
+        # did not swap); drop alone cannot tell, an untrained model scores 0 either way
+        changed = sum(a.prediction != b.prediction for a, b in zip(preds, swapped)) / max(len(preds), 1)
         summary["other_image"] = {"overall": sw["overall"], "drop": round(summary["overall"] - sw["overall"], 4),
-                                  "drop_ci95": [drop["lo"], drop["hi"]],
+                                  "drop_ci95": [drop["lo"], drop["hi"]], "answers_changed": round(changed, 4),
                                   "per_task": {t: v["acc"] for t, v in sw["per_task"].items()}}
     if wf.data.eval_captions is not None:  # image use on the held-out images' captions
         caps = json.loads(Path(wf.data.eval_captions.json).read_text())
