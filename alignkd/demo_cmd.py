@@ -18,13 +18,13 @@ from pathlib import Path
 import typer
 
 
-def _alignkd() -> list[str]:
+def alignkd_argv() -> list[str]:
     # the console script next to this interpreter (the venv's), else `python -m alignkd.cli`
     exe = Path(sys.executable).with_name("alignkd")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "alignkd.cli"]
 
 
-class _Runner:
+class StepRunner:
     """Runs steps, streams their output, records the exact commands and their wall times."""
 
     def __init__(self, log_path: Path, prog: str = "demo") -> None:
@@ -33,7 +33,7 @@ class _Runner:
         self.prog = prog
 
     def __call__(self, title: str, args: list[str]) -> None:
-        cmd = _alignkd() + args
+        cmd = alignkd_argv() + args
         n = len(self.steps) + 1
         typer.secho(f"\n==> [{n}] {title}\n    $ alignkd {shlex.join(args)}", fg="cyan", err=True)
         t0 = time.perf_counter()
@@ -66,7 +66,7 @@ def demo(
     w = str(workflow)
     students = run_dir / "students"
     t_start = time.perf_counter()
-    run = _Runner(report / "commands.json")
+    run = StepRunner(report / "commands.json")
 
     prepare_teacher(run, wf, w)
     for d in (students / "alignkd", students / "sft"):
@@ -102,7 +102,7 @@ def demo(
     typer.secho(f"\n{summary}\nreport: {report / 'summary.md'}", fg="green")
 
 
-def prepare_teacher(run: _Runner, wf, w: str) -> None:
+def prepare_teacher(run: StepRunner, wf, w: str) -> None:
     """Toy world → manifest → toy teacher (sft on demo.teacher_subset with its own budget).
     Shared with `alignkd reproduce`; finished steps are no-ops, a half-trained teacher is retrained."""
     import shutil
@@ -130,7 +130,7 @@ def prepare_teacher(run: _Runner, wf, w: str) -> None:
         shutil.copytree(t_run / "finetune" / "final", wf.models.teacher)
 
 
-def _draw_heatmaps(run: _Runner, wf, w: str, subset: str, report: Path) -> list[Path]:
+def _draw_heatmaps(run: StepRunner, wf, w: str, subset: str, report: Path) -> list[Path]:
     """Teacher T→V attention over the image for the first few cached samples that have one."""
     from pipeline.data.contract import read_manifest
 

@@ -38,7 +38,7 @@ USER_ERRORS = frozenset({
     "student_train.data.dataset.CacheMismatchError",
     "student_train.losses.presets.LossConfigError",
     "student_train.engine.EngineConfigError",
-    "alignkd.reproduce_cmd.BudgetMismatch",
+    "alignkd.reproduce_plan.BudgetMismatch",
 })
 
 # OS errors caused by the environment, with what to do about them

@@ -26,311 +26,25 @@ those blocks added to cache.blocks/layers and its own cache.dir (<out>/cache).
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
-import os
 import shlex
-import shutil
 import signal
 import subprocess
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
-from alignkd.demo_cmd import _alignkd, _Runner, prepare_teacher
-from alignkd.reproduce_report import write_atomic, write_report
-
-QUICK = {"seeds": [0], "presets": ["sft", "all"], "max_steps": 2, "eval_limit": 16}
-HEARTBEAT_S = 60.0  # a progress line at least this often while runs are going
-
-
-@dataclass(frozen=True)
-class Run:
-    """One student: `student-train --stage all` then `eval`, in `dir`."""
-
-    subset: str
-    preset: str
-    seed: int
-    dir: Path
-    workflow: str  # the workflow file its commands read
-    teacher: str = "runs/toy/teacher"  # the teacher its eval measures transfer from (models.teacher)
-
-    @property
-    def name(self) -> str:
-        return f"{self.subset}/{self.preset}/seed_{self.seed}"
-
-    @property
-    def summary(self) -> Path:
-        return self.dir / "eval" / "summary.json"
-
-    def train_args(self, max_steps: int) -> list[str]:
-        mode = "sft" if self.preset == "sft" else "cached"
-        args = ["student-train", "--workflow", self.workflow, "--subset", self.subset, "--stage", "all",
-                "--mode", mode, "--preset", self.preset, "--seed", str(self.seed), "--out", str(self.dir),
-                "--resume"]  # an interrupted run continues (a finished stage is skipped)
-        return args + (["--max-steps", str(max_steps)] if max_steps > 0 else [])
-
-    def eval_args(self, eval_limit: int) -> list[str]:
-        args = ["eval", "--workflow", self.workflow, "--model", str(self.dir / "finetune" / "final"),
-                "--out", str(self.dir / "eval"), "--teacher", self.teacher]
-        return args + (["--limit", str(eval_limit)] if eval_limit > 0 else [])
+from alignkd.demo_cmd import StepRunner, prepare_teacher
+from alignkd.reproduce_plan import QUICK, BudgetMismatch, Run, budget_of, check_finished, make_plan
+from alignkd.reproduce_report import write_report
+from alignkd.reproduce_runner import _fmt, _interrupt, run_all
 
 
 # ---------------------------------------------------------------------------------- planning
 def _csv(text: str | None, kind=str) -> list | None:
     return None if text is None else [kind(x) for x in text.split(",") if x.strip()]
-
-
-def attn_needs(presets: list[str]) -> set[tuple[str, str]]:
-    """(layer, block) attention maps the presets distil (the cache must hold them)."""
-    from pipeline.workflow import LossConfig
-    from student_train.losses import resolve_loss
-
-    return {k for p in presets for k in resolve_loss(LossConfig(preset=p)).attn_keys}
-
-
-def pairs(cfg, presets: list[str], subsets: list[str]) -> list[tuple[str, str]]:
-    """(subset, preset): the ablations on cfg.ablation_subset, then Table 1's block per subset."""
-    out = [(cfg.ablation_subset, p) for p in presets]
-    out += [(s, p) for s in subsets for p in cfg.subset_presets if (s, p) not in out]
-    return out
-
-
-def cache_workflow(workflow: Path, wf, needs: set[tuple[str, str]], out: Path) -> Path:
-    """<out>/workflow.yaml: `workflow` with cache.blocks/layers covering `needs`, cache.dir <out>/cache."""
-    import yaml
-
-    from pipeline.workflow import load_workflow
-
-    raw = yaml.safe_load(workflow.read_text()) or {}
-    cache = raw.setdefault("cache", {})
-    cache["layers"] = list(dict.fromkeys([*wf.cache.layers, *sorted(l for l, _ in needs)]))
-    cache["blocks"] = list(dict.fromkeys([*wf.cache.blocks, *sorted(b for _, b in needs)]))
-    cache["dir"] = str(out / "cache")
-    path = out / "workflow.yaml"
-    path.write_text(f"# Written by `alignkd reproduce` from {workflow}: the same workflow, with a teacher cache that\n"
-                    f"# also holds the attention maps of Table 4's ablations (its own cache.dir).\n"
-                    + yaml.safe_dump(raw, sort_keys=False))
-    load_workflow(path)  # strict: must read back
-    return path
-
-
-def make_plan(workflow: Path, wf, seeds: list[int], presets: list[str], subsets: list[str],
-              out: Path) -> tuple[list[Run], Path | None]:
-    """The runs (seed-major: a cut-short reproduction still has whole tables) and the derived cache
-    workflow if a preset needs one. A run reads the workflow's own cache when it holds the
-    attention maps its preset distils (reading a store decodes every map it holds: the smaller
-    store is faster), else the derived one."""
-    from student_train.losses import PRESETS
-
-    cfg = wf.reproduce
-    for s in dict.fromkeys([cfg.ablation_subset, *subsets]):
-        wf.subset_limit(s)  # an unknown subset is refused, naming data.subsets
-    for p in dict.fromkeys([*presets, *cfg.subset_presets]):
-        attn_needs([p])  # an unknown preset is refused, naming the known ones
-    have = {(l, b) for l in wf.cache.layers for b in wf.cache.blocks}
-    out.mkdir(parents=True, exist_ok=True)
-    derived = None
-    wf_of: dict[str, str] = {}  # preset -> the workflow file its runs read
-    for p in dict.fromkeys(p for _, p in pairs(cfg, presets, subsets)):
-        if attn_needs([p]) <= have:
-            wf_of[p] = str(workflow)
-        else:
-            # the derived cache holds what any preset can ask for, so that one store serves every
-            # invocation (another --presets must not become a provenance mismatch with it)
-            derived = derived or cache_workflow(workflow, wf, attn_needs(list(PRESETS)), out)
-            wf_of[p] = str(derived)
-    runs = [Run(s, p, seed, out / "runs" / s / p / f"seed_{seed}", wf_of[p], wf.models.teacher)
-            for seed in seeds for s, p in pairs(cfg, presets, subsets)]
-    return runs, derived
-
-
-def budget_of(wf, max_steps: int, eval_limit: int) -> dict:
-    """What makes two finished runs comparable: the train section (fingerprint) and the budget."""
-    train = json.dumps(dataclasses.asdict(wf.train), sort_keys=True, default=str)
-    return {"train_fingerprint": hashlib.sha256(train.encode()).hexdigest()[:16],
-            "max_steps": max_steps, "eval_limit": eval_limit}
-
-
-class BudgetMismatch(ValueError):
-    """Finished runs in the output directory were trained with another budget."""
-
-
-def _budget_str(b: dict) -> str:
-    return f"max_steps {b.get('max_steps')}, eval_limit {b.get('eval_limit')}, train section {b.get('train_fingerprint')}"
-
-
-def check_finished(runs: list[Run], budget: dict) -> None:
-    """A finished run of another budget must not be mixed in (BudgetMismatch); an unfinished one
-    is restarted from scratch."""
-    stale, got = [], None
-    for r in runs:
-        rec = r.dir / "reproduce_run.json"
-        had = json.loads(rec.read_text()).get("budget") if rec.is_file() else None
-        if had is None or had == budget:
-            continue
-        if r.summary.is_file():
-            stale.append(r.name)
-            got = had
-        else:
-            shutil.rmtree(r.dir)
-    if stale:
-        raise BudgetMismatch(f"{len(stale)} finished run(s) here were trained with another budget ({_budget_str(got)}) "
-                             f"than this command's ({_budget_str(budget)}): {', '.join(stale)}. "
-                             "Choose another --out, or remove them.")
-
-
-# ---------------------------------------------------------------------------------- running
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    # one OpenMP thread per rank and per eval, as launch.py does: parallelism comes from --jobs.
-    # Measured on the toy student: 2 threads per rank run a step in 0.2-0.3 s on an idle 2-core
-    # machine but in 4-7 s as soon as anything else runs (spin-waiting); 1 thread, ~1-2 s loaded.
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return env
-
-
-class _Children:
-    """The commands running now, each in its own process group (the CLI, the DeepSpeed launcher,
-    its ranks and data workers), so that an interrupted reproduce stops whole trees, not orphans."""
-
-    def __init__(self) -> None:
-        self.procs: set[subprocess.Popen] = set()
-        self.lock = threading.Lock()
-        self.stopping = False
-
-    def call(self, args: list[str], log, env: dict) -> tuple[int, float]:
-        """Run `alignkd args` → (exit code, CPU seconds of it and the processes it waited for:
-        the launcher and its ranks), so a run's cost is known even on a shared machine."""
-        with self.lock:
-            if self.stopping:
-                return 130, 0.0
-            p = subprocess.Popen(_alignkd() + args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-            self.procs.add(p)
-        try:
-            _, status, ru = os.wait4(p.pid, 0)
-        finally:
-            with self.lock:
-                self.procs.discard(p)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        return p.returncode, ru.ru_utime + ru.ru_stime
-
-    def stop(self) -> None:
-        with self.lock:
-            self.stopping = True
-            for p in self.procs:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-
-
-CHILDREN = _Children()
-
-
-def execute(r: Run, max_steps: int, eval_limit: int, budget: dict, env: dict) -> dict:
-    """Train (unless already exported) and evaluate one run; output to <dir>/log.txt."""
-    r.dir.mkdir(parents=True, exist_ok=True)
-    rec = {"run": r.name, "subset": r.subset, "preset": r.preset, "seed": r.seed, "budget": budget,
-           "commands": ["alignkd " + shlex.join(r.train_args(max_steps)), "alignkd " + shlex.join(r.eval_args(eval_limit))]}
-    write_atomic(r.dir / "reproduce_run.json", json.dumps(rec, indent=2))
-    with open(r.dir / "log.txt", "a") as log:
-        for what, args in (("train", r.train_args(max_steps)), ("eval", r.eval_args(eval_limit))):
-            if what == "train" and (r.dir / "finetune" / "final" / "config.json").is_file():
-                continue
-            log.write(f"\n$ alignkd {shlex.join(args)}\n")
-            log.flush()
-            t0 = time.perf_counter()
-            rc, cpu = CHILDREN.call(args, log, env)
-            rec[f"{what}_seconds"], rec[f"{what}_cpu_seconds"] = round(time.perf_counter() - t0, 1), round(cpu, 1)
-            if rc != 0:
-                rec.update(rc=rc, failed=what)
-                break
-    write_atomic(r.dir / "reproduce_run.json", json.dumps(rec, indent=2))
-    return rec
-
-
-def _progress(r: Run) -> str:
-    """Where a running run is: stage and optimiser step, from its metrics.jsonl."""
-    if (r.dir / "finetune" / "final" / "config.json").is_file():
-        return f"{r.name} eval"
-    for stage in ("finetune", "pretrain"):
-        info = r.dir / stage / "run.json"
-        if info.is_file():
-            m = r.dir / stage / "metrics.jsonl"
-            done = len(m.read_text().splitlines()) if m.is_file() else 0
-            return f"{r.name} {stage} {done}/{json.loads(info.read_text()).get('total_steps', '?')}"
-    return f"{r.name} starting"
-
-
-def _fmt(secs: float) -> str:
-    secs = int(secs)
-    return f"{secs // 3600}h{secs // 60 % 60:02d}m" if secs >= 3600 else f"{secs // 60}m{secs % 60:02d}s"
-
-
-def run_all(todo: list[Run], total: int, jobs: int, max_steps: int, eval_limit: int, budget: dict,
-            on_done) -> list[dict]:
-    """Run `todo` on `jobs` workers, `on_done()` after each; returns the failed runs' records."""
-    env, t0 = _env(), time.perf_counter()
-    say = lambda msg: typer.echo(f"[reproduce {_fmt(time.perf_counter() - t0)}] {msg}", err=True)  # noqa: E731
-    started: dict[str, float] = {}  # run name -> when a worker took it
-
-    def job(r: Run) -> dict:
-        started[r.name] = time.perf_counter()
-        return execute(r, max_steps, eval_limit, budget, env)
-
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        running = {pool.submit(job, r): r for r in todo}
-        try:
-            return _follow(running, started, total, jobs, say, on_done)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: no new run starts, the running ones stop
-            say("interrupted: stopping the running runs; rerun the same command to continue")
-            pool.shutdown(wait=False, cancel_futures=True)
-            CHILDREN.stop()
-            raise
-
-
-def _follow(running: dict, started: dict, total: int, jobs: int, say, on_done) -> list[dict]:
-    """Report each run as it finishes (run k of N, wall time, exact match) and, every HEARTBEAT_S,
-    where the running ones are and the ETA: the mean run time so far for every run left, less what
-    the running ones have done, spread over the workers."""
-    done_before, times, failed = total - len(running), [], []
-    while running:
-        finished, _ = wait(running, timeout=HEARTBEAT_S, return_when=FIRST_COMPLETED)
-        for fut in finished:
-            r = running.pop(fut)
-            rec = fut.result()
-            n = done_before + len(times) + len(failed) + 1
-            secs = rec.get("train_seconds", 0) + rec.get("eval_seconds", 0)
-            if rec.get("rc"):
-                failed.append(rec)
-                tail = (r.dir / "log.txt").read_text().splitlines()[-15:]
-                say(f"run {n}/{total} {r.name} FAILED in {rec['failed']} (exit {rec['rc']}); "
-                    f"log {r.dir / 'log.txt'}:\n    " + "\n    ".join(tail))
-            else:
-                times.append(secs)
-                em = json.loads(r.summary.read_text())["overall"]
-                say(f"run {n}/{total} {r.name} done in {_fmt(secs)}: exact match {em:.3f}")
-            on_done()
-        left = len(running)
-        if not left:
-            break
-        eta = "ETA after the first run"
-        if times:
-            mean, now = sum(times) / len(times), time.perf_counter()
-            # a running run past the mean still has some way to go: a quarter of the mean, at least
-            work = sum(max(0.25 * mean, mean - (now - started[r.name])) if r.name in started else mean
-                       for r in running.values())
-            eta = f"ETA {_fmt(work / min(jobs, left))}"
-        active = [_progress(r) for f, r in running.items() if f.running()]
-        say(f"{total - left}/{total} runs done, {left} left, {eta}; running: {', '.join(active)}")
-    return failed
 
 
 # ------------------------------------------------------------------------------------ command
@@ -432,16 +146,12 @@ def prerequisites(wf, workflow: Path, todo: list[Run], derived: Path | None, out
     log = out / "prerequisites.json"
     if not todo:
         return json.loads(log.read_text()) if log.is_file() else []
-    run = _Runner(log, prog="reproduce")
+    run = StepRunner(log, prog="reproduce")
     prepare_teacher(run, wf, str(workflow))
     for w, s in dict.fromkeys((r.workflow, r.subset) for r in todo if r.preset != "sft"):
         run(f"teacher dump on Ray ({s} subset{', Table 4 maps' if w == str(derived) else ''})",
             ["teacher-dump", "--workflow", w, "--subset", s, "--no-progress"])
     return run.steps
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def _subset_sizes(wf, subsets: list[str]) -> dict[str, int]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from alignkd.reproduce_cmd import (
+from alignkd.reproduce_plan import (
     BudgetMismatch,
     Run,
     attn_needs,
