@@ -126,10 +126,8 @@ def write_vision_tower_dir(path: Path, vision: CLIPVisionConfig, tower_state: di
     """A complete CLIPVisionModel directory: config.json, model.safetensors (keys
     `vision_model.*`, the name both transformers 4.33 and 5 load), preprocessor_config.json."""
     path.mkdir(parents=True, exist_ok=True)
-    vc = vision.to_dict()
+    vc = vision.to_dict()  # the same bytes as presets.write_vision_tower: a shared tower's config stays one file's
     vc.pop("transformers_version", None)
-    vc.update(architectures=["CLIPVisionModel"], model_type="clip_vision_model")
-    vc = legacy_config_keys({**vc, "dtype": str(dtype).split(".")[-1]})
     (path / "config.json").write_text(json.dumps(vc, indent=2, sort_keys=True) + "\n")
     sd = {("vision_model." + k if not k.startswith("vision_model.") else k): v.detach().to(dtype).contiguous().clone()
           for k, v in tower_state.items() if not k.endswith("position_ids")}
