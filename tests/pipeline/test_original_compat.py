@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -24,7 +22,6 @@ from pipeline.models import MobileVLM
 from pipeline.models.original_compat import OriginalIncompatibleWarning, legacy_config_keys
 from pipeline.models.presets import toy_student_config
 
-REPO = Path(__file__).resolve().parents[2]
 TEXTS = ["the red circle is at the top left", "what colour is the square? blue", "USER: ASSISTANT: yes no"]
 
 
@@ -132,23 +129,28 @@ def test_mobilevlm_config_type_is_registered(exported):
     assert isinstance(AutoConfig.from_pretrained(str(ck)), MobileVLMConfig)  # no "model of type mobilevlm" warning
 
 
+def _model_info(path: Path):
+    """`alignkd model info PATH` in-process (the typer app itself; stderr kept apart)."""
+    from typer.testing import CliRunner
+
+    from pipeline.model_cli import app
+
+    return CliRunner().invoke(app, ["info", str(path)])
+
+
 def test_a_grid_the_original_cannot_run_is_loud(tok_dir, toy_vision_dir, tmp_path):
     m = MobileVLM(toy_student_config(100, toy_vision_dir, grid=8))
     with pytest.warns(OriginalIncompatibleWarning, match="12x12 = 144"):
         m.save_pretrained(tmp_path / "g8")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-m", "alignkd.cli", "model", "info", str(tmp_path / "g8")],
-                       capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    r = _model_info(tmp_path / "g8")
+    assert r.exit_code == 0, r.output
     assert "WARNING: the original MobileVLM code cannot run" in r.stderr and "mm_projector_grid=8" in r.stderr
 
 
 def test_a_144_token_export_is_quiet_in_model_info(exported, tmp_path):
     _, ck = exported
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-m", "alignkd.cli", "model", "info", str(ck)],
-                       capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert r.returncode == 0 and "WARNING" not in r.stderr and "loadable by the original code" in r.stdout, r.stderr
+    r = _model_info(ck)
+    assert r.exit_code == 0 and "WARNING" not in r.stderr and "loadable by the original code" in r.stdout, r.output
 
 
 @pytest.mark.slow
