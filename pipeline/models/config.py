@@ -8,10 +8,14 @@ is named by `mm_vision_tower`, in one of two forms:
   weights come from the MobileVLM checkpoint itself, nothing is downloaded);
 * a local directory holding a CLIP config.json (a `CLIPVisionConfig`, or a `CLIPConfig` with a
   `vision_config`); a relative path is resolved against the checkpoint directory
-  (`config.name_or_path`, set by `load_config` / `MobileVLM.from_pretrained`).
+  (`config.name_or_path`, set by `load_config` / `MobileVLM.from_pretrained`). Exports name their
+  own `vision_tower/` by absolute path (the original MobileVLM code resolves against the cwd:
+  original_compat.py); when that path is gone (the dir was moved), `<checkpoint>/vision_tower/`
+  is used.
 
 One key is ours: `mm_projector_grid` (default 12, the released value), the side G of the pooled
-patch grid, so the projector emits G*G tokens (toy models use 8).
+patch grid, so the projector emits G*G tokens (toy models use 8). The original code ignores it and
+always pools to 12: other grids run in alignkd only (original_compat.grid_problem).
 """
 
 from __future__ import annotations
