@@ -53,20 +53,33 @@ def grid_problem(config) -> str | None:
             f"(for a checkpoint the original runs, build with 144 vision tokens, e.g. workflows/toy_144.yaml)")
 
 
-def warn_if_not_original(config, where: str) -> str | None:
+def rope_problem(config) -> str | None:
+    """transformers 4.33 knows RoPE scaling "linear" and "dynamic" only (and rejects others)."""
+    kind = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+    if kind in ("default", "linear", "dynamic"):
+        return None
+    return f"rope_type={kind!r}: transformers 4.33 (the original's pin) has only linear and dynamic RoPE scaling"
+
+
+def architecture_problems(config) -> list[str]:
+    """What in the architecture the original MobileVLM code cannot run (empty when it can)."""
+    return [p for p in (grid_problem(config), rope_problem(config)) if p]
+
+
+def warn_if_not_original(config, where: str) -> list[str]:
     """Emit a loud OriginalIncompatibleWarning for `where` when the original cannot run it."""
-    problem = grid_problem(config)
-    if problem:
-        warnings.warn(f"NOT LOADABLE BY THE ORIGINAL MOBILEVLM CODE: {where}: {problem}", OriginalIncompatibleWarning,
-                      stacklevel=2)
-    return problem
+    problems = architecture_problems(config)
+    if problems:
+        warnings.warn(f"NOT LOADABLE BY THE ORIGINAL MOBILEVLM CODE: {where}: {'; '.join(problems)}",
+                      OriginalIncompatibleWarning, stacklevel=2)
+    return problems
 
 
 def checkpoint_problems(config, checkpoint: Path | None) -> list[str]:
     """Everything that keeps the original MobileVLM code from running `checkpoint` as alignkd does
     (`alignkd model info` prints them): the projector grid, and a local tower that is not a
     complete CLIPVisionModel dir named by an absolute path."""
-    problems = [p for p in (grid_problem(config),) if p]
+    problems = architecture_problems(config)
     name = getattr(config, "mm_vision_tower", "")
     if checkpoint is None or name.startswith(("openai/", "laion/")):
         return problems

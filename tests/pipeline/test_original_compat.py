@@ -147,6 +147,15 @@ def test_a_grid_the_original_cannot_run_is_loud(tok_dir, toy_vision_dir, tmp_pat
     assert "WARNING: the original MobileVLM code cannot run" in r.stderr and "mm_projector_grid=8" in r.stderr
 
 
+def test_a_rope_type_transformers_4_33_lacks_is_named(toy_vision_dir):
+    from pipeline.models.original_compat import architecture_problems
+
+    cfg = toy_student_config(100, toy_vision_dir, grid=12)
+    assert architecture_problems(cfg) == []
+    cfg.rope_parameters = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}
+    assert ["yarn" in p for p in architecture_problems(cfg)] == [True]
+
+
 def test_a_144_token_export_is_quiet_in_model_info(exported, tmp_path):
     _, ck = exported
     r = _model_info(ck)
