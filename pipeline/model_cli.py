@@ -57,8 +57,15 @@ def info(path: str = typer.Argument(..., help="checkpoint dir, or preset:mobilev
         ("params projector", f"{_count(m.model.mm_projector):,}"),
         ("params total", f"{_count(m):,}"),
     ]
+    from pipeline.models.original_compat import checkpoint_problems
+
+    problems = checkpoint_problems(cfg, None if path.startswith("preset:") else Path(path))
+    rows.append(("original MobileVLM", "NOT runnable by the original code (see the warning)" if problems else
+                 "loadable by the original code (transformers 4.33)"))
     for k, v in rows:
         typer.echo(f"{k:>20}  {v}")
+    for p in problems:  # on stderr, so that it is seen even when stdout is piped away
+        typer.echo(f"WARNING: the original MobileVLM code cannot run {path}: {p}", err=True)
 
 
 @app.command("smoke")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.models import MobileVLM
+from pipeline.models import MobileVLM, original_compat
 
 STUDENT_PREFIX = "student."  # the student inside the trained module (recipe.TrainModule)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -34,7 +34,8 @@ def consolidated_student_state(ckpt_dir: Path, tag: str) -> dict[str, torch.Tens
 
 
 def copy_tokenizer(tokenizer_dir: Path, dest: Path) -> list[str]:
-    """Copy the HF tokenizer files (those present) so `dest` loads with AutoTokenizer alone."""
+    """Copy the HF tokenizer files (those present) so `dest` loads with AutoTokenizer alone, in the
+    form both transformers 5 and the original MobileVLM's 4.33 read (original_compat)."""
     copied = []
     for name in _TOKENIZER_FILES:
         src = tokenizer_dir / name
@@ -43,6 +44,7 @@ def copy_tokenizer(tokenizer_dir: Path, dest: Path) -> list[str]:
             copied.append(name)
     if "tokenizer.json" not in copied and "tokenizer.model" not in copied:
         raise FileNotFoundError(f"no tokenizer.json / tokenizer.model in {tokenizer_dir} (data.tokenizer)")
+    original_compat.write_compat_tokenizer(dest)
     return copied
 
 
@@ -71,6 +73,7 @@ def export_student(ckpt_dir: Path, tag: str, init_dir: Path, out_dir: Path, dtyp
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
+    original_compat.point_vision_tower(out_dir)  # the tower's absolute path moved with the rename
     return out_dir
 
 
@@ -90,4 +93,5 @@ def publish(final_dir: Path, dest: Path) -> Path:
             os.link(src, target)
         except OSError:
             shutil.copy2(src, target)
+    original_compat.point_vision_tower(dest)  # dest's own tower, not final_dir's (config.json is replaced, not edited)
     return dest

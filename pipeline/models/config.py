@@ -8,10 +8,14 @@ is named by `mm_vision_tower`, in one of two forms:
   weights come from the MobileVLM checkpoint itself, nothing is downloaded);
 * a local directory holding a CLIP config.json (a `CLIPVisionConfig`, or a `CLIPConfig` with a
   `vision_config`); a relative path is resolved against the checkpoint directory
-  (`config.name_or_path`, set by `load_config` / `MobileVLM.from_pretrained`).
+  (`config.name_or_path`, set by `load_config` / `MobileVLM.from_pretrained`). Exports name their
+  own `vision_tower/` by absolute path (the original MobileVLM code resolves against the cwd:
+  original_compat.py); when that path is gone (the dir was moved), `<checkpoint>/vision_tower/`
+  is used.
 
 One key is ours: `mm_projector_grid` (default 12, the released value), the side G of the pooled
-patch grid, so the projector emits G*G tokens (toy models use 8).
+patch grid, so the projector emits G*G tokens (toy models use 8). The original code ignores it and
+always pools to 12: other grids run in alignkd only (original_compat.grid_problem).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import functools
 import json
 from pathlib import Path
 
-from transformers import CLIPConfig, CLIPVisionConfig, LlamaConfig
+from transformers import AutoConfig, CLIPConfig, CLIPVisionConfig, LlamaConfig
 
 CLIP_L14_336 = "openai/clip-vit-large-patch14-336"
 DEFAULT_GRID = 12  # LDPv2 pools the 24x24 patch grid of CLIP-L/14-336 to 12x12 = 144 tokens
@@ -35,6 +39,13 @@ class MobileVLMConfig(LlamaConfig):
 
     model_type = "mobilevlm"
 
+
+# AutoConfig (used by AutoTokenizer and CLIPImageProcessor on a checkpoint dir) then knows the
+# type instead of warning "You are using a model of type mobilevlm to instantiate a model of type"
+try:
+    AutoConfig.register("mobilevlm", MobileVLMConfig)
+except ValueError:  # already registered (e.g. by the original MobileVLM code in the same process)
+    pass
 
 def clip_vit_l14_336_config() -> CLIPVisionConfig:
     """Architecture of `openai/clip-vit-large-patch14-336`'s vision half (ViT-L/14 at 336 px)."""
@@ -102,8 +113,13 @@ def vision_tower_dir(cfg: LlamaConfig) -> Path | None:
     forms = (f'accepted are the released name "{CLIP_L14_336}" or a local directory holding a CLIP vision '
              f"config.json (a relative path resolves against the checkpoint directory)")
     p = Path(name)
+    base = getattr(cfg, "name_or_path", "") or ""
+    own = Path(base) / "vision_tower" if base else None
+    if p.is_absolute() and not (p / "config.json").is_file() and own is not None and (own / "config.json").is_file():
+        # an exported checkpoint names its own tower by absolute path (for the original code, see
+        # original_compat.point_vision_tower); after the dir was moved, its own copy is the one meant
+        return own.resolve()
     if not p.is_absolute():
-        base = getattr(cfg, "name_or_path", "") or ""
         if not base or not Path(base).is_dir():
             raise ModelConfigError(
                 f"unknown mm_vision_tower={name!r}: it is not the released name and, as a relative path, there is "

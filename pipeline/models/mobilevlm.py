@@ -23,7 +23,7 @@ from transformers import LlamaModel
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from pipeline.constants import IGNORE_INDEX
-from pipeline.models import capture
+from pipeline.models import capture, original_compat
 from pipeline.models.capture import AlignOutput, CaptureSpec, Recorder
 from pipeline.models.checkpoint import (
     CheckpointError,
@@ -234,10 +234,18 @@ class MobileVLM(nn.Module):
         return self
 
     def save_pretrained(self, path: str | Path, dtype: "torch.dtype | str | None" = None,
-                        safe_serialization: bool = True, max_shard_size: "int | str | None" = None) -> Path:
+                        safe_serialization: bool = True, max_shard_size: "int | str | None" = None,
+                        absolute_tower: bool = True) -> Path:
         """Write config.json + weights under the released key names (.safetensors, or .bin with
-        safe_serialization=False; sharded above max_shard_size, e.g. "5GB"). A local vision-tower
-        config is copied to `path/vision_tower/` so the checkpoint is self-contained."""
+        safe_serialization=False; sharded above max_shard_size, e.g. "5GB").
+
+        Loadable by the original MobileVLM code too (original_compat.py says what that takes): a
+        local vision tower becomes a complete CLIPVisionModel dir `path/vision_tower/` (weights,
+        config, preprocessor_config.json) named by its absolute path, and config.json carries the
+        transformers-4.33 key names beside the new ones. absolute_tower=False keeps the relative
+        name "vision_tower" (location-independent bytes, e.g. the toy world's hashed inits; alignkd
+        resolves it against the checkpoint, the original code only from inside the dir).
+        A projector grid the original cannot run gets a loud OriginalIncompatibleWarning."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         dtype = as_dtype(dtype) or self.dtype
@@ -247,14 +255,16 @@ class MobileVLM(nn.Module):
         for k in _CONFIG_NOISE:
             d.pop(k, None)
         d.update(model_type="mobilevlm", architectures=["MobileLlamaForCausalLM"], dtype=str(dtype).split(".")[-1])
-        if self.config.mm_vision_tower != CLIP_L14_336:
-            vdir = path / "vision_tower"
-            vdir.mkdir(exist_ok=True)
-            vc = resolve_vision_config(self.config).to_dict()
-            vc.pop("transformers_version", None)
-            (vdir / "config.json").write_text(json.dumps(vc, indent=2, sort_keys=True) + "\n")
-            d["mm_vision_tower"] = "vision_tower"
+        d = original_compat.legacy_config_keys(d)
+        local_tower = self.config.mm_vision_tower != CLIP_L14_336
+        if local_tower:
+            original_compat.write_vision_tower_dir(path / original_compat.VISION_DIR, resolve_vision_config(self.config),
+                                                   self.vision_tower.vision_tower.state_dict(), dtype)
+            d["mm_vision_tower"] = original_compat.VISION_DIR
         (path / "config.json").write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+        if local_tower and absolute_tower:
+            original_compat.point_vision_tower(path)
+        original_compat.warn_if_not_original(self.config, str(path))
         return path
 
 

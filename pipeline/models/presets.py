@@ -118,4 +118,5 @@ def write_random_checkpoint(path: str | Path, config: MobileVLMConfig, seed: int
         model.vision_tower.vision_tower.load_state_dict(tower, strict=True)
     elif vision_tower_state is not None:
         model.vision_tower.vision_tower.load_state_dict(vision_tower_state, strict=True)
-    return model.save_pretrained(path, dtype=dtype)
+    # relative tower name: a random init's bytes do not depend on where it was written (the toy world hashes them)
+    return model.save_pretrained(path, dtype=dtype, absolute_tower=False)

@@ -78,7 +78,8 @@ def test_released_key_names(tiny_vlm, tmp_path):
     cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert cfg["model_type"] == "mobilevlm" and cfg["architectures"] == ["MobileLlamaForCausalLM"]
     assert cfg["mm_projector_type"] == "ldpnetv2" and cfg["mm_vision_select_layer"] == -2
-    assert cfg["mm_vision_tower"] == "vision_tower"  # copied into the checkpoint, resolved relative to it
+    # a complete tower dir inside the checkpoint, named by absolute path (the original code resolves it against the cwd)
+    assert cfg["mm_vision_tower"] == str((tmp_path / "ck" / "vision_tower").resolve())
     assert (tmp_path / "ck" / "vision_tower" / "config.json").is_file()
 
 
@@ -154,7 +155,7 @@ def test_relative_tower_resolves_against_checkpoint_and_shared_tower(toy_vision_
     t = write_random_checkpoint(tmp_path / "teacher", toy_student_config(100, toy_vision_dir), seed=0)
     s = write_random_checkpoint(tmp_path / "student", toy_student_config(100, toy_vision_dir), seed=1,
                                 vision_tower_from=t)
-    assert load_config(s).mm_vision_tower == "vision_tower"
+    assert load_config(s).mm_vision_tower == "vision_tower"  # random inits: relative, location-independent bytes
     ts, ss = read_state_dict(t), read_state_dict(s)
     tower = [k for k in ts if ".vision_model." in k]
     assert tower and all(torch.equal(ts[k], ss[k]) for k in tower)

@@ -53,10 +53,22 @@ def test_vars_name_paths_once_and_undefined_ones_are_errors(tmp_path):
     assert load_workflow(p).models.teacher == "/data/x/teacher"
 
 
-@pytest.mark.parametrize("name", ["mobilevlm_v2.yaml", "toy.yaml", "toy_dev.yaml"])
+@pytest.mark.parametrize("name", ["mobilevlm_v2.yaml", "toy.yaml", "toy_dev.yaml", "toy_144.yaml"])
 def test_shipped_workflows_load(name):
     wf = load_workflow(REPO / "workflows" / name)
     assert isinstance(wf, Workflow) and wf.models.teacher and wf.models.student and wf.cache.logits_topk > 0
+
+
+def test_the_144_token_toy_differs_from_toy_only_in_vision_tokens_and_what_follows():
+    """workflows/toy_144.yaml: the toy world at the released 12 x 12 grid (its exports run in the
+    original MobileVLM code), otherwise the reported toy."""
+    from pipeline.toy.generate import WorldSpec
+
+    toy, t144 = load_workflow(REPO / "workflows/toy.yaml"), load_workflow(REPO / "workflows/toy_144.yaml")
+    assert t144.models.num_vision_tokens == 144 and WorldSpec.from_workflow(t144).projector_grid == 12
+    assert {k: v + 128 for k, v in toy.data.subsets.items()} == t144.data.subsets  # same text room
+    assert t144.world.seed == toy.world.seed and t144.world.n_finetune == toy.world.n_finetune
+    assert t144.run_dir != toy.run_dir and t144.cache.focus_k == 16
 
 
 def test_deepspeed_json_beside_the_workflow_is_found_from_another_directory(tmp_path, monkeypatch):
