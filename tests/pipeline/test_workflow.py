@@ -62,7 +62,7 @@ def test_shipped_workflows_load(name):
 def test_the_144_token_toy_differs_from_toy_only_in_vision_tokens_and_what_follows():
     """workflows/toy_144.yaml: the toy world at the released 12 x 12 grid (its exports run in the
     original MobileVLM code), otherwise the reported toy."""
-    from pipeline.toy.generate import WorldSpec
+    from toy_world.generate import WorldSpec
 
     toy, t144 = load_workflow(REPO / "workflows/toy.yaml"), load_workflow(REPO / "workflows/toy_144.yaml")
     assert t144.models.num_vision_tokens == 144 and WorldSpec.from_workflow(t144).projector_grid == 12
