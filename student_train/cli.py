@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from student_train.plan import RunPlan, StageInit
 
 DEBUG_ENV = "ALIGNKD_DEBUG"  # =1: a refusal re-raises, with its traceback
+REFUSED = 1  # exit code of a refusal, as teacher-dump and data build
+USAGE = 2  # a command-line value out of range, as click's own usage errors
 
 
 class UsageRefusal(ValueError):
@@ -49,13 +51,14 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _refuse(exc: BaseException) -> NoReturn:
-    """One line on stderr and exit 2 for a cause outside the program (bad input, missing or
-    unreadable files, a full disk, a busy or damaged run); ALIGNKD_DEBUG=1 shows the traceback."""
+    """One line on stderr and exit 1 (2 for a bad command-line value) for a cause outside the
+    program (bad input, missing or unreadable files, a full disk, a busy or damaged run);
+    ALIGNKD_DEBUG=1 shows the traceback instead."""
     if os.environ.get(DEBUG_ENV) == "1":
         raise exc
     known = type(exc).__module__.split(".")[0] in ("student_train", "pipeline", "cache_schema")
     typer.echo(f"student-train: {'' if known else type(exc).__name__ + ': '}{_one_line(exc)}", err=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=USAGE if isinstance(exc, UsageRefusal) else REFUSED)
 
 
 def _num_procs(cli: int, configured: int) -> int:
@@ -150,7 +153,8 @@ def student_train(
 ) -> None:
     """Phase 2: train the student with DeepSpeed ZeRO-2 from the cached targets.
 
-    Every refusal is one line on stderr and exit code 2; ALIGNKD_DEBUG=1 shows its traceback."""
+    Every refusal is one line on stderr, exit code 1 (2: a bad option value); ALIGNKD_DEBUG=1
+    shows its traceback."""
     if stage not in (*STAGES, "all"):
         raise typer.BadParameter(f"--stage {stage!r}: use pretrain, finetune or all")
     if mode is not None and mode not in MODES:
