@@ -122,6 +122,12 @@ def _preflight(wf, run: RunPlan, stage: str, init: StageInit, resume: bool, out:
         run.cache = "; ".join([f"{path}: {len(reader.sample_ids)} samples, provenance matches this run", *dict.fromkeys(notes)])
 
 
+def launch(cmd: list[str], env: dict[str, str], lock) -> int:
+    """Run one stage's launcher to its end. It inherits the output directory's lock, so that a
+    second run stays refused while it trains, even if this process is killed."""
+    return subprocess.call(cmd, env=env, pass_fds=(lock.fileno(),))
+
+
 def _refusals() -> tuple[type[BaseException], ...]:
     """What a user can cause and fix: bad or missing input, a full disk, a busy or damaged run."""
     from cache_schema.errors import CacheError  # noqa: PLC0415
@@ -207,7 +213,7 @@ def _train(workflow: str, subset: str, stages: list[str], mode: str | None, pres
     from student_train.outlock import OutDirLock  # noqa: PLC0415
     from student_train.shm import reclaim_orphan_buffers  # noqa: PLC0415
 
-    with OutDirLock(out_dir):  # held until the last stage's launcher exits (the kernel drops it if we are killed)
+    with OutDirLock(out_dir) as lock:  # held until the last stage's launcher exits (the kernel drops it if we are killed)
         orphans = reclaim_orphan_buffers()
         if orphans:
             typer.echo(f"[student-train] removed {len(orphans)} orphaned /dev/shm buffer(s) of killed runs: "
@@ -219,7 +225,7 @@ def _train(workflow: str, subset: str, stages: list[str], mode: str | None, pres
                 continue
             typer.echo(f"[student-train] {st}: {nprocs} rank(s)/node, init {sp.init.path}, out {out_dir / st}", err=True)
             try:
-                rc = subprocess.call(cmd, env=launcher_env(nprocs))
+                rc = launch(cmd, launcher_env(nprocs), lock)
             finally:
                 release_shm_buffers(cmd)
             if rc != 0:

@@ -2,8 +2,10 @@
 
 Two runs on one `--out` (started together, or `--resume` on a live run) would both train, both
 export and interleave metrics.jsonl. The launching process takes the lock before the first stage
-and holds it until it exits; the kernel drops it when the process dies (also on SIGKILL), so a
-crashed run never leaves a stale lock behind. The holder writes its pid into the file so that the
+and holds it until it exits, and so does the `deepspeed` launcher it starts (it inherits the
+descriptor): a killed `student-train` whose launcher trains on still holds the directory. The
+kernel drops the lock when the last holder dies (also on SIGKILL), so a crashed run never leaves a
+stale lock behind. The holder writes its pid into the file so that the
 refusal can name it.
 """
 
@@ -42,6 +44,12 @@ class OutDirLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
         return self
+
+    def fileno(self) -> int:
+        """The locked descriptor: a child given it (subprocess `pass_fds`) holds the lock with us."""
+        if self._fd is None:
+            raise ValueError(f"{self.path} is not locked")
+        return self._fd
 
     def release(self) -> None:
         if self._fd is not None:  # the file stays: unlinking it would let a third run lock a new inode

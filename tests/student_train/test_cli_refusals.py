@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -201,3 +202,39 @@ def test_a_launch_reclaims_the_buffers_killed_runs_left(tiny_world, tiny_store, 
         assert buf.name in res.output and res.exit_code != 0
     finally:
         buf.unlink(missing_ok=True)
+
+
+def test_the_launcher_keeps_the_lock_when_student_train_is_killed(tmp_path):
+    """SIGKILL of the launching process leaves its launcher (and ranks) training: the directory
+    stays locked until they are gone too."""
+    from student_train.outlock import OutDirBusyError, OutDirLock
+
+    out, pidfile = tmp_path / "o", tmp_path / "launcher.pid"
+    (tmp_path / "launcher.py").write_text(  # stands in for `deepspeed`: trains on after its parent died
+        f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
+    (tmp_path / "cli_stub.py").write_text(  # the CLI's last steps: lock, then launch
+        "import os, sys\nfrom student_train.cli import launch\nfrom student_train.outlock import OutDirLock\n"
+        f"lock = OutDirLock({str(out)!r}).acquire()\n"
+        f"launch([sys.executable, {str(tmp_path / 'launcher.py')!r}], dict(os.environ), lock)\n")
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "cli_stub.py")], cwd=REPO,
+                              env=dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")))
+    deadline = time.time() + 60
+    while not (pidfile.is_file() and pidfile.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    launcher = int(pidfile.read_text())
+    parent.kill()
+    parent.wait()
+    try:
+        with pytest.raises(OutDirBusyError):
+            OutDirLock(out).acquire()
+    finally:
+        os.kill(launcher, 9)
+    deadline = time.time() + 10
+    while time.time() < deadline:  # the launcher is reaped by init; then the lock is free
+        try:
+            OutDirLock(out).acquire().release()
+            break
+        except OutDirBusyError:
+            time.sleep(0.1)
+    else:
+        pytest.fail("the lock outlived its holders")
