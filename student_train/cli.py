@@ -36,13 +36,15 @@ class UsageRefusal(ValueError):
 
 
 def _one_line(exc: BaseException) -> str:
-    """The refusal as one line: a problem list ("...:\n  - a\n  - b\nDo x") becomes "...: a; b. Do x"."""
+    """The refusal as one line: a problem list ("...:\n  - a\n  - b\nDo x", items indented or
+    dashed) becomes "...: a; b. Do x"."""
     out, prev_item = "", False
-    for ln in (ln.strip() for ln in str(exc).splitlines()):
+    for raw in str(exc).splitlines():
+        ln = raw.strip()
         if not ln:
             continue
-        item = ln.startswith("- ")
-        body = ln[2:] if item else ln
+        item = ln.startswith("- ") or raw[:1].isspace()
+        body = ln[2:] if ln.startswith("- ") else ln
         if out:
             out += "; " if item and prev_item else ". " if prev_item and not out.endswith((".", ")")) else " "
         out += body
@@ -119,7 +121,8 @@ def _preflight(wf, run: RunPlan, stage: str, init: StageInit, resume: bool, out:
         run.cache_matched[stage] = check_token_hashes(wf, run.subset, stage, path)
         if missing:
             notes.append(f"{missing} {stage} sample(s) not in the store are skipped (train.missing_sample: skip)")
-        run.cache = "; ".join([f"{path}: {len(reader.sample_ids)} samples, provenance matches this run", *dict.fromkeys(notes)])
+        run.notes += [n for n in notes if n not in run.notes]  # the second stage finds the same store
+        run.cache = f"{path}: {len(reader.sample_ids)} samples, provenance matches this run"
 
 
 def launch(cmd: list[str], env: dict[str, str], lock) -> int:
@@ -209,6 +212,8 @@ def _train(workflow: str, subset: str, stages: list[str], mode: str | None, pres
     if dry_run:
         typer.echo(run.describe())
         return 0
+    for note in run.notes:  # what was not checked, or is skipped: a real run says so too
+        typer.echo(f"[student-train] note: {note}", err=True)
     from student_train.checkpoint import stage_state  # noqa: PLC0415
     from student_train.outlock import OutDirLock  # noqa: PLC0415
     from student_train.shm import reclaim_orphan_buffers  # noqa: PLC0415

@@ -238,3 +238,12 @@ def test_the_launcher_keeps_the_lock_when_student_train_is_killed(tmp_path):
             time.sleep(0.1)
     else:
         pytest.fail("the lock outlived its holders")
+
+
+def test_problem_lists_become_one_line():
+    from cache_schema.errors import ProvenanceMismatch
+    from student_train.cli import _one_line
+
+    assert _one_line(ValueError("w: 2 problem(s):\n  - a: 1\n  - b: 2\nRe-run it.")) == "w: 2 problem(s): a: 1; b: 2. Re-run it."
+    line = _one_line(ProvenanceMismatch("cache c", {"logits_topk": (32, 64), "focus_k": (8, 16)}))
+    assert "\n" not in line and "logits_topk: expected 32, got 64; focus_k: expected 8, got 16. Use a new" in line
