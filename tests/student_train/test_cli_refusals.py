@@ -247,3 +247,10 @@ def test_problem_lists_become_one_line():
     assert _one_line(ValueError("w: 2 problem(s):\n  - a: 1\n  - b: 2\nRe-run it.")) == "w: 2 problem(s): a: 1; b: 2. Re-run it."
     line = _one_line(ProvenanceMismatch("cache c", {"logits_topk": (32, 64), "focus_k": (8, 16)}))
     assert "\n" not in line and "logits_topk: expected 32, got 64; focus_k: expected 8, got 16. Use a new" in line
+
+
+def test_an_unwritable_out_dir_is_one_line_naming_the_path(tiny_world, tiny_store, tmp_path):
+    (tmp_path / "a_file").write_text("not a directory")
+    out = tmp_path / "a_file" / "run"  # mkdir fails as on a read-only or full file system: an OSError
+    _refused(_run(write_workflow(tiny_world.workflow(), tmp_path / "wf.yaml"), out), "NotADirectoryError",
+             str(out))
