@@ -116,3 +116,25 @@ def token_fingerprint(input_ids: "list[int]", labels: "list[int]") -> str:
     h = hashlib.sha256()
     h.update(",".join(map(str, input_ids)).encode() + b"|" + ",".join(map(str, labels)).encode())
     return h.hexdigest()[:16]
+
+
+def subset_fingerprint(sample_ids: "list[str]", token_hashes: "list[str]", image_hashes: "list[str | None]") -> str:
+    """Digest of a manifest subset's (sample_id, token_hash, image_hash) triples, order-independent:
+    the cache's `manifest_fingerprint` (what the cached targets depend on, and nothing else; a
+    manifest rebuilt from the same data keeps it). Must equal teacher_dump.manifest.subset_fingerprint
+    (tests/pipeline/test_subset_fingerprint.py holds the two together)."""
+    h = hashlib.sha256()
+    for sid, th, ih in sorted(zip(sample_ids, token_hashes, image_hashes)):
+        h.update(f"{sid}\0{th}\0{ih}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def manifest_subset_fingerprint(manifest: str | Path, subset: str) -> str:
+    """`subset_fingerprint` of the `in_<subset>` rows of a manifest parquet (three columns read)."""
+    import pyarrow.compute as pc  # noqa: PLC0415  (pyarrow: not at CLI start)
+
+    from pipeline.data.contract import read_manifest  # noqa: PLC0415
+
+    t = read_manifest(manifest, ["sample_id", "token_hash", "image_hash", f"in_{subset}"])
+    t = t.filter(pc.field(f"in_{subset}"))
+    return subset_fingerprint(*(t.column(c).to_pylist() for c in ("sample_id", "token_hash", "image_hash")))

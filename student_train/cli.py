@@ -14,9 +14,10 @@ notes the missing cache rather than refusing.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
@@ -25,10 +26,50 @@ from student_train.launch import MODES, STAGES, RunArgs, launcher_command, launc
 if TYPE_CHECKING:
     from student_train.plan import RunPlan, StageInit
 
+DEBUG_ENV = "ALIGNKD_DEBUG"  # =1: a refusal re-raises, with its traceback
+REFUSED = 1  # exit code of a refusal, as teacher-dump and data build
+USAGE = 2  # a command-line value out of range, as click's own usage errors
+
+
+class UsageRefusal(ValueError):
+    """A command-line value out of range (one line, like every refusal)."""
+
+
+def _one_line(exc: BaseException) -> str:
+    """The refusal as one line: a problem list ("...:\n  - a\n  - b\nDo x", items indented or
+    dashed) becomes "...: a; b. Do x"."""
+    out, prev_item = "", False
+    for raw in str(exc).splitlines():
+        ln = raw.strip()
+        if not ln:
+            continue
+        item = ln.startswith("- ") or raw[:1].isspace()
+        body = ln[2:] if ln.startswith("- ") else ln
+        if out:
+            out += "; " if item and prev_item else ". " if prev_item and not out.endswith((".", ")")) else " "
+        out += body
+        prev_item = item
+    return out
+
+
+def _refuse(exc: BaseException) -> NoReturn:
+    """One line on stderr and exit 1 (2 for a bad command-line value) for a cause outside the
+    program (bad input, missing or unreadable files, a full disk, a busy or damaged run);
+    ALIGNKD_DEBUG=1 shows the traceback instead."""
+    if os.environ.get(DEBUG_ENV) == "1":
+        raise exc
+    known = type(exc).__module__.split(".")[0] in ("student_train", "pipeline", "cache_schema")
+    typer.echo(f"student-train: {'' if known else type(exc).__name__ + ': '}{_one_line(exc)}", err=True)
+    raise typer.Exit(code=USAGE if isinstance(exc, UsageRefusal) else REFUSED)
+
 
 def _num_procs(cli: int, configured: int) -> int:
+    if cli < 0:
+        raise UsageRefusal(f"--num-procs {cli}: give a positive number of ranks per node, or 0 for train.num_procs / every GPU")
     if cli > 0:
         return cli
+    if configured < 0:
+        raise UsageRefusal(f"train.num_procs = {configured}: give a positive number of ranks per node, or 0 for every GPU")
     if configured > 0:
         return configured
     import torch  # noqa: PLC0415
@@ -36,9 +77,18 @@ def _num_procs(cli: int, configured: int) -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 1
 
 
+def _check_counts(max_steps: int | None, num_nodes: int) -> None:
+    if max_steps is not None and max_steps < 1:
+        raise UsageRefusal(f"--max-steps {max_steps}: give at least 1 optimiser step, or leave it out for "
+                           "train.<stage>.max_steps / epochs")
+    if num_nodes < 1:
+        raise UsageRefusal(f"--num-nodes {num_nodes}: give at least 1")
+
+
 def _preflight(wf, run: RunPlan, stage: str, init: StageInit, resume: bool, out: Path, dry_run: bool) -> None:
-    """What the plan cannot refuse: the stage's output directory and, cached, the store. A store
-    not dumped yet is a note of a dry run (it comes before the dump) and refuses a real run."""
+    """What the plan cannot refuse: the stage's output directory (and, resumed, its metrics) and,
+    cached, the store: its provenance, its teacher weights and manifest, its samples. A store not
+    dumped yet is a note of a dry run (it comes before the dump) and refuses a real run."""
     from student_train.checkpoint import stage_state  # noqa: PLC0415
     from student_train.plan import PlanError  # noqa: PLC0415
 
@@ -46,10 +96,15 @@ def _preflight(wf, run: RunPlan, stage: str, init: StageInit, resume: bool, out:
     if state != "empty" and not resume:
         raise PlanError(f"{out / stage} already holds a {state} run: pass --resume to continue it, "
                         "or remove it / choose another --out")
+    metrics = out / stage / "metrics.jsonl"
+    if resume and state == "partial" and metrics.is_file():  # rank 0 would refuse it, after the launch
+        from student_train.metrics import parse_metrics  # noqa: PLC0415
+
+        parse_metrics(metrics)
     if run.mode == "cached":
         from cache_schema.reader import CacheReader  # noqa: PLC0415
         from student_train.data import check_store  # noqa: PLC0415
-        from student_train.preflight import check_token_hashes  # noqa: PLC0415
+        from student_train.preflight import check_samples_present, check_store_identity, check_token_hashes  # noqa: PLC0415
 
         path = wf.cache_path(run.subset)
         dump = f"alignkd teacher-dump --workflow {wf.source} --subset {run.subset}"
@@ -61,8 +116,28 @@ def _preflight(wf, run: RunPlan, stage: str, init: StageInit, resume: bool, out:
         wf.models.student = init.path if Path(init.path, "config.json").is_file() else wf.models.student
         reader = CacheReader(path)
         check_store(wf, run.subset, reader)
+        notes = check_store_identity(wf, run.subset, reader.provenance, path)
+        missing = check_samples_present(wf, run.subset, stage, path)
         run.cache_matched[stage] = check_token_hashes(wf, run.subset, stage, path)
+        if missing:
+            notes.append(f"{missing} {stage} sample(s) not in the store are skipped (train.missing_sample: skip)")
+        run.notes += [n for n in notes if n not in run.notes]  # the second stage finds the same store
         run.cache = f"{path}: {len(reader.sample_ids)} samples, provenance matches this run"
+
+
+def launch(cmd: list[str], env: dict[str, str], lock) -> int:
+    """Run one stage's launcher to its end. It inherits the output directory's lock, so that a
+    second run stays refused while it trains, even if this process is killed."""
+    return subprocess.call(cmd, env=env, pass_fds=(lock.fileno(),))
+
+
+def _refusals() -> tuple[type[BaseException], ...]:
+    """What a user can cause and fix: bad or missing input, a full disk, a busy or damaged run."""
+    from cache_schema.errors import CacheError  # noqa: PLC0415
+    from student_train.data import MissingSampleError  # noqa: PLC0415
+    from student_train.outlock import OutDirBusyError  # noqa: PLC0415
+
+    return (ValueError, OSError, CacheError, MissingSampleError, OutDirBusyError)
 
 
 def student_train(
@@ -85,35 +160,50 @@ def student_train(
     launcher_args: str = typer.Option("", help="extra arguments for the deepspeed launcher, e.g. '--master_addr 10.0.0.1'"),
     dry_run: bool = typer.Option(False, "--dry-run", help="check and print the plan and launcher commands, run nothing"),
 ) -> None:
-    """Phase 2: train the student with DeepSpeed ZeRO-2 from the cached targets."""
-    from pipeline.workflow import load_workflow  # noqa: PLC0415
-    from student_train.plan import PlanError, plan_run, stage_init  # noqa: PLC0415  (pyarrow: not at CLI start)
+    """Phase 2: train the student with DeepSpeed ZeRO-2 from the cached targets.
 
-    wf = load_workflow(workflow)
+    Every refusal is one line on stderr, exit code 1 (2: a bad option value); ALIGNKD_DEBUG=1
+    shows its traceback."""
     if stage not in (*STAGES, "all"):
         raise typer.BadParameter(f"--stage {stage!r}: use pretrain, finetune or all")
     if mode is not None and mode not in MODES:
         raise typer.BadParameter(f"--mode {mode!r}: use one of {MODES}")
+    try:
+        _check_counts(max_steps, num_nodes)
+        rc = _train(workflow, subset, list(STAGES) if stage == "all" else [stage], mode, preset, init, out, resume,
+                    max_steps, lr, projector_lr, seed, num_gpus, num_nodes, hostfile, export_dtype, launcher_args, dry_run)
+    except _refusals() as exc:
+        _refuse(exc)
+    if rc:
+        raise typer.Exit(code=rc)
+
+
+def _train(workflow: str, subset: str, stages: list[str], mode: str | None, preset: str | None, init: str | None,
+           out: str | None, resume: bool, max_steps: int | None, lr: float | None, projector_lr: float | None,
+           seed: int | None, num_gpus: int, num_nodes: int, hostfile: str | None, export_dtype: str | None,
+           launcher_args: str, dry_run: bool) -> int:
+    """Check the run, then launch its stages one after the other under the output directory's
+    lock; the first failing launcher's exit code, or 0."""
+    from pipeline.workflow import load_workflow  # noqa: PLC0415
+    from student_train.plan import plan_run, stage_init  # noqa: PLC0415  (pyarrow: not at CLI start)
+
+    wf = load_workflow(workflow)
     mode = mode or wf.train.mode
     if preset is not None:
         wf.train.loss.preset = preset
     elif mode == "sft":
         wf.train.loss.preset = "sft"
     out_dir = Path(out or wf.train.out_dir)
-    stages = list(STAGES) if stage == "all" else [stage]
     for st in stages:  # so that the plan shows them; the ranks get them as arguments
         cfg = getattr(wf.train, st)
         cfg.lr = cfg.lr if lr is None else lr
         cfg.projector_lr = cfg.projector_lr if projector_lr is None else projector_lr
     nprocs = _num_procs(num_gpus, wf.train.num_procs)
     inits = {st: stage_init(st, stages, init, out_dir, wf) for st in stages}
-    try:  # check every stage before the first one starts: configs, tokenizers, samples, batches, cache
-        run = plan_run(wf, subset, mode, inits, nprocs * num_nodes, out_dir, max_steps=max_steps, dry_run=dry_run)
-        for sp in run.stages:
-            _preflight(wf, run, sp.stage, sp.init, resume, out_dir, dry_run)
-    except PlanError as exc:
-        typer.echo(f"student-train: {exc}", err=True)
-        raise typer.Exit(code=1) from None
+    # check every stage before the first one starts: configs, tokenizers, samples, batches, cache
+    run = plan_run(wf, subset, mode, inits, nprocs * num_nodes, out_dir, max_steps=max_steps, dry_run=dry_run)
+    for sp in run.stages:
+        _preflight(wf, run, sp.stage, sp.init, resume, out_dir, dry_run)
     for sp in run.stages:
         args = RunArgs(workflow=workflow, subset=subset, stage=sp.stage, init=sp.init.path, out=str(out_dir), mode=mode,
                        preset=preset, resume=resume, max_steps=max_steps, lr=lr, projector_lr=projector_lr, seed=seed,
@@ -121,19 +211,29 @@ def student_train(
         sp.command = launcher_command(args, nprocs, num_nodes, hostfile, extra=launcher_args)
     if dry_run:
         typer.echo(run.describe())
-        return
+        return 0
+    for note in run.notes:  # what was not checked, or is skipped: a real run says so too
+        typer.echo(f"[student-train] note: {note}", err=True)
     from student_train.checkpoint import stage_state  # noqa: PLC0415
+    from student_train.outlock import OutDirLock  # noqa: PLC0415
+    from student_train.shm import reclaim_orphan_buffers  # noqa: PLC0415
 
-    for sp in run.stages:
-        st, cmd = sp.stage, sp.command
-        if resume and stage_state(out_dir / st) == "done":
-            typer.echo(f"[student-train] {st}: already exported to {out_dir / st / 'final'}; skipping", err=True)
-            continue
-        typer.echo(f"[student-train] {st}: {nprocs} rank(s)/node, init {sp.init.path}, out {out_dir / st}", err=True)
-        try:
-            rc = subprocess.call(cmd, env=launcher_env(nprocs))
-        finally:
-            release_shm_buffers(cmd)
-        if rc != 0:
-            typer.echo(f"[student-train] {st} failed (exit {rc}); the error is in the rank output above", err=True)
-            raise typer.Exit(code=rc)
+    with OutDirLock(out_dir) as lock:  # held until the last stage's launcher exits (the kernel drops it if we are killed)
+        orphans = reclaim_orphan_buffers()
+        if orphans:
+            typer.echo(f"[student-train] removed {len(orphans)} orphaned /dev/shm buffer(s) of killed runs: "
+                       + ", ".join(orphans), err=True)
+        for sp in run.stages:
+            st, cmd = sp.stage, sp.command
+            if resume and stage_state(out_dir / st) == "done":
+                typer.echo(f"[student-train] {st}: already exported to {out_dir / st / 'final'}; skipping", err=True)
+                continue
+            typer.echo(f"[student-train] {st}: {nprocs} rank(s)/node, init {sp.init.path}, out {out_dir / st}", err=True)
+            try:
+                rc = launch(cmd, launcher_env(nprocs), lock)
+            finally:
+                release_shm_buffers(cmd)
+            if rc != 0:
+                typer.echo(f"[student-train] {st} failed (exit {rc}); the error is in the rank output above", err=True)
+                return rc
+    return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import resource
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -13,6 +14,34 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+
+class MetricsFileError(ValueError):
+    """A metrics.jsonl line before the last one is not a JSON object with a step: the file was
+    edited or damaged (a kill tears only the last line), so a resume refuses to guess."""
+
+
+def parse_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """(rows, torn) of a metrics.jsonl. A kill while rank 0 appends a row leaves at most the last
+    line incomplete: that line is dropped and returned as `torn` (None when the file is whole). Any
+    other unreadable line raises MetricsFileError naming the file and line number."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    numbered = [(i, ln) for i, ln in enumerate(lines, 1) if ln.strip()]
+    rows: list[dict[str, Any]] = []
+    for k, (no, ln) in enumerate(numbered):
+        try:
+            row = json.loads(ln)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            if k == len(numbered) - 1:
+                return rows, ln
+            raise MetricsFileError(
+                f"{path} line {no} is not a metrics row (a JSON object with an integer 'step'); only the last "
+                "line can be torn by a kill: "
+                "fix or delete that line (or the file) before --resume") from None
+        rows.append(row)
+    return rows, None
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -75,10 +104,14 @@ class MetricsWriter:
         if not enabled:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        kept = []
+        kept: list[dict[str, Any]] = []
         if start_step > 0 and path.is_file():
-            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= start_step]
-        path.write_text("".join(ln + "\n" for ln in kept))
+            rows, torn = parse_metrics(path)
+            if torn is not None:
+                print(f"[student-train] warning: {path}: dropped a torn last line (a kill mid-write): {torn[:60]!r}",
+                      file=sys.stderr, flush=True)
+            kept = [r for r in rows if r["step"] <= start_step]
+        path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
         from tqdm import tqdm  # noqa: PLC0415
 
         self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
@@ -115,5 +148,5 @@ class MetricsWriter:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a metrics.jsonl (tests, plots)."""
-    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+    """The rows of a metrics.jsonl (tests, plots); a torn last line (a killed run) is left out."""
+    return parse_metrics(Path(path))[0]

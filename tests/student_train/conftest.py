@@ -109,7 +109,8 @@ def _batch(rows: list[dict], image_size: int, config) -> dict:
 
 def _write_store(wf, subset, path, encoding, drop, override, batch_size, rows) -> Path:
     from cache_schema import CacheStore, Encoding, Provenance, SampleTargets
-    from pipeline.fingerprint import checkpoint_fingerprint, config_fingerprint, tokenizer_fingerprint
+    from pipeline.fingerprint import (checkpoint_fingerprint, config_fingerprint, manifest_subset_fingerprint,
+                                      tokenizer_fingerprint)
     from pipeline.models import CaptureSpec, MobileVLM
     from pipeline.targets import focus_indices, sparse_topk
 
@@ -119,7 +120,8 @@ def _write_store(wf, subset, path, encoding, drop, override, batch_size, rows) -
     prov = Provenance(
         teacher_fingerprint=checkpoint_fingerprint(wf.models.teacher),
         teacher_config_fingerprint=config_fingerprint(wf.models.teacher),
-        tokenizer_fingerprint=tokenizer_fingerprint(wf.data.tokenizer), manifest_fingerprint="pytest",
+        tokenizer_fingerprint=tokenizer_fingerprint(wf.data.tokenizer),
+        manifest_fingerprint=manifest_subset_fingerprint(wf.data.manifest, subset),  # of every row, as the dump
         templates=("plain", "v1"), subset=subset, max_length=wf.subset_limit(subset),
         num_vision_tokens=teacher.num_vision_tokens, teacher_heads=cfg.num_attention_heads,
         teacher_hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size, logits_topk=wf.cache.logits_topk,
