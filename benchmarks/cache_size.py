@@ -68,13 +68,23 @@ def slice_setting(n_samples: int, batch: int, n_text: int, n_resp: int, layers: 
                    n_batches=max(1, -(-n_samples // batch)), real_vision=True)
 
 
+def tiny_setting(n_samples: int, batch: int) -> Setting:
+    """Script test only (toy tower, 2 × 128 teacher): the numbers mean nothing."""
+    return Setting("tiny", student=Arch(1, 64, 2, 128), teacher=Arch(2, 128, 4, 256), vocab=256, grid=4, batch=batch,
+                   prefix=4, n_text=12, n_resp=4, n_batches=max(1, -(-n_samples // batch)))
+
+
 @torch.inference_mode()
 def teacher_targets(s: Setting, seed: int = 0, log=print) -> tuple[MobileVLM, list, list, dict]:
     """Build the random slice and reduce its outputs exactly as the dump does → (teacher, samples, images, timing)."""
+    from pipeline.models.presets import write_vision_tower
+
     t0 = time.perf_counter()
-    _, tcfg = configs(s, Path("."))  # real_vision: no toy tower directory is read
-    torch.manual_seed(seed)
-    teacher = MobileVLM(tcfg).eval()
+    with tempfile.TemporaryDirectory(prefix="cache_size_tower_") as vt:
+        # real_vision: the released tower's architecture, no directory read; else a toy tower config
+        _, tcfg = configs(s, Path(vt) if s.real_vision else write_vision_tower(Path(vt) / "clip"))
+        torch.manual_seed(seed)
+        teacher = MobileVLM(tcfg).eval()
     t_build = time.perf_counter() - t0
     n_params = sum(p.numel() for p in teacher.parameters())
     log(f"[cache_size] built the slice: {n_params / 1e6:.0f}M parameters in {t_build:.0f} s")
@@ -150,7 +160,7 @@ def _mb(x: float) -> str:
 def to_markdown(rep: dict) -> str:
     sh = rep["shapes"]
     lines = [f"{rep['samples']} samples, mean |T| {sh['mean_n_text']:.1f}, mean |R| {sh['mean_n_resp']:.1f}, "
-             f"|V| {sh['n_vision']}, 32 heads, hidden {sh['hidden']}, vocab {sh['vocab']}, top-{sh['topk']}, "
+             f"|V| {sh['n_vision']}, {sh['heads']} heads, hidden {sh['hidden']}, vocab {sh['vocab']}, top-{sh['topk']}, "
              f"focus {sh['focus_k']}; slice {rep['timing']['params'] / 1e6:.0f}M parameters, random weights.", "",
              "| encoding | attention MB | vision MB | logits kB | focus B | du MB/sample | Short TB (tokens per sample) | Short TB (per image) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -174,20 +184,22 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n-resp", type=int, default=197, help="mean |R| (supervised answer tokens)")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tiny", action="store_true", help="a toy-sized teacher (script test; numbers meaningless)")
     ap.add_argument("--encodings", default=",".join(ENCODINGS), help="comma-separated labels of ENCODINGS")
     ap.add_argument("--out", default="results/cache_size")
     ap.add_argument("--save-attn", default=None, help="also save the f32 first-layer T→V blocks here (.npz, for benchmarks.attn_codec)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    s = slice_setting(a.samples, a.batch, a.n_text, a.n_resp, a.layers)
+    s = tiny_setting(a.samples, a.batch) if a.tiny else slice_setting(a.samples, a.batch, a.n_text, a.n_resp, a.layers)
     teacher, samples, images, timing = teacher_targets(s)
     samples, images = samples[:a.samples], images[:a.samples]
     if a.save_attn:
         np.savez(a.save_attn, **{f"s{i:03d}": x.attn[("first", "tv")] for i, x in enumerate(samples)})
     rep = {"command": "python -m benchmarks.cache_size " + " ".join(argv if argv is not None else []),
-           "samples": len(samples), "timing": timing, "random_weights": True,
-           "shapes": {"n_vision": teacher.num_vision_tokens, "hidden": teacher.config.hidden_size, "heads": 32,
-                      "vocab": teacher.config.vocab_size, "topk": 64, "focus_k": 16, "layers": a.layers,
+           "samples": len(samples), "timing": timing, "random_weights": True, "tiny": a.tiny,
+           "shapes": {"n_vision": teacher.num_vision_tokens, "hidden": teacher.config.hidden_size,
+                      "heads": teacher.config.num_attention_heads, "vocab": teacher.config.vocab_size, "topk": 64,
+                      "focus_k": 16, "layers": s.teacher.layers,
                       "mean_n_text": float(np.mean([x.n_text for x in samples])),
                       "mean_n_resp": float(np.mean([x.n_resp for x in samples]))},
            "encodings": {}}

@@ -35,3 +35,24 @@ def test_error_table_orders_encodings():
     for s in ("init", "near"):
         ang = {k: rows[k]["students"][s]["grad_angle_deg"] for k in ("u4sqrt + bitshuffle", "u6sqrt + bitshuffle", "u8sqrt + zstd (default)")}
         assert ang["u4sqrt + bitshuffle"] > ang["u6sqrt + bitshuffle"] > ang["u8sqrt + zstd (default)"] > 0, (s, ang)
+
+
+def test_cache_size_tiny_store_is_measured(tmp_path):
+    """benchmarks.cache_size end to end at toy size: real dump reduction, real stores on disk."""
+    import json
+
+    from benchmarks.cache_size import main
+
+    rep = main(["--tiny", "--samples", "4", "--batch", "2", "--threads", "1", "--out", str(tmp_path),
+                "--encodings", "default,lossless,u4sqrt + bitshuffle", "--save-attn", str(tmp_path / "a.npz")])
+    assert json.loads((tmp_path / "cache_size.json").read_text())["samples"] == rep["samples"] == 4
+    d, lossless, u4 = (rep["encodings"][k] for k in ("default", "lossless", "u4sqrt + bitshuffle"))
+    for m in (d, lossless, u4):
+        g = m["groups_bytes_per_sample"]
+        assert all(g[k] > 0 for k in ("attention", "vision", "logits", "focus"))
+        assert m["du_bytes_per_sample"] > m["arrays_bytes_per_sample"] >= sum(g.values()) * 0.999
+        assert m["projection_short"]["tb_vision_per_image"] < m["projection_short"]["tb_vision_per_sample"]
+    assert d["arrays"]["attn_first_tv"]["raw_bytes_per_sample"] * 4 == lossless["arrays"]["attn_first_tv"]["raw_bytes_per_sample"]
+    assert lossless["groups_bytes_per_sample"]["attention"] > d["groups_bytes_per_sample"]["attention"]
+    assert np.load(tmp_path / "a.npz")["s000"].shape[0] == 4  # heads of the tiny teacher
+    assert "| default |" in (tmp_path / "cache_size.md").read_text()
