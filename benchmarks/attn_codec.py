@@ -203,6 +203,7 @@ def to_markdown(rep: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.attn_codec", description=__doc__.split("\n\n")[0])
     ap.add_argument("--teacher", help="a trained toy teacher checkpoint")
+    ap.add_argument("--note", default="", help="how the teacher was trained (printed with its table)")
     ap.add_argument("--student", help="a toy student checkpoint (e.g. <world>/student_init)")
     ap.add_argument("--world", help="the toy world the teacher was trained on")
     ap.add_argument("--records", type=int, default=64)
@@ -219,8 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
         studs = {"init": (s, HeadAdapter(h_s, h_t)), "fitted": (s, fit_adapter(s, t, h_s, h_t))}
         near = near_student(t, h_s)
         studs["near"] = (near, fit_adapter(near, t, h_s, h_t))
-        rep["parts"]["trained toy teacher"] = {
-            "what": (f"Trained toy teacher `{a.teacher}`, {shapes['records']} held-out records, {h_t} heads × mean |T| "
+        rep["parts"][f"toy teacher {Path(a.teacher).name}"] = {
+            "what": (f"Toy teacher `{a.teacher}` {a.note}, {shapes['records']} held-out records, {h_t} heads × mean |T| "
                      f"{shapes['mean_n_text']:.1f} × |V| {shapes['n_vision']}; student `{a.student}` ({h_s} heads)."),
             "shapes": shapes, "row_stats": row_stats(t), "encodings": error_table([x.numpy() for x in t], studs, ENCODINGS)}
     if a.slice_npz:
