@@ -12,7 +12,8 @@ the default — and the opt-in u6, u6sqrt, u4, u4sqrt; with the zstd or bit-shuf
 * bytes: the blocks encoded by the store's own `encode_attn`, concatenated as a unit stores them
   (1-D, the Encoding's 1 MiB chunks, the codec chain `codec_chain` builds, per-row scales with
   the logits codec) into a zarr array on disk; reported as bits per attention entry (scales
-  included), which carries over to the real shapes (32 heads × |T| × 144);
+  included), which carries over to the real shapes (32 heads × |T| × 144; the scales' bits per
+  row, not per entry, so a toy |V| of 16 is rescaled to 144 entries a row);
 * error: the real `attention_distill_loss` (HeadAdapter H_s → H_t) with the decoded blocks
   against the f32 ones: relative error of the loss, and the angle between the two gradients with
   respect to the student's attention and the adapter's weights together. Three students:
@@ -184,18 +185,27 @@ def row_stats(blocks: list[torch.Tensor]) -> dict:
             "mean_row_max_over_mass": float((rows.max(-1).values / rows.sum(-1).clamp_min(1e-12)).mean())}
 
 
+def real_width_mb(row: dict, n_vision: int, n_text: float, heads: int = 32, real_vision: int = 144) -> float:
+    """MB/sample of one [32, |T|, 144] block at these bits: value bits per entry carry over, the
+    per-row scale's bits are per row (so rescaled from this part's |V| to 144 entries a row)."""
+    rows = heads * n_text
+    return (row["value_bits"] * rows * real_vision + row["scale_bits"] * n_vision * rows) / 8 / 1e6
+
+
 def to_markdown(rep: dict) -> str:
     out = []
     for part, res in rep["parts"].items():
         studs = list(next(iter(res["encodings"].values()))["students"])
-        out += [f"### {part}", "", res["what"], "",
-                "| encoding | bits/entry | real-width MB/sample | max abs err | " + " | ".join(
+        st = res["row_stats"]
+        out += [f"### {part}", "", res["what"], f"Rows: mean entropy {st['mean_row_entropy_nats']:.2f} nats "
+                f"(uniform {st['uniform_entropy_nats']:.2f}), mean row max / row mass {st['mean_row_max_over_mass']:.3f}.", "",
+                "| encoding | value bits/entry | scale bits/entry | real-width MB/sample | max abs err | " + " | ".join(
                     f"{s}: L_attn rel err | {s}: grad angle °" for s in studs) + " |",
-                "|---|---:|---:|---:|" + "---:|---:|" * len(studs)]
+                "|---|---:|---:|---:|---:|" + "---:|---:|" * len(studs)]
         for label, r in res["encodings"].items():
-            cells = " | ".join(f"{v['loss_rel_err']:.2e} | {v['grad_angle_deg']:.3f}" for v in r["students"].values())
-            mb = r["bits_per_entry"] / 8 * 32 * rep["real_n_text"] * 144 / 1e6
-            out.append(f"| {label} | {r['bits_per_entry']:.2f} | {mb:.3f} | {r['max_abs_err']:.2e} | {cells} |")
+            cells = " | ".join(f"{v['loss_rel_err']:.1e} | {v['grad_angle_deg']:.3f}" for v in r["students"].values())
+            mb = real_width_mb(r, res["n_vision"], rep["real_n_text"])
+            out.append(f"| {label} | {r['value_bits']:.2f} | {r['scale_bits']:.2f} | {mb:.3f} | {r['max_abs_err']:.1e} | {cells} |")
         out.append("")
     return "\n".join(out)
 
@@ -223,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
         rep["parts"][f"toy teacher {Path(a.teacher).name}"] = {
             "what": (f"Toy teacher `{a.teacher}` {a.note}, {shapes['records']} held-out records, {h_t} heads × mean |T| "
                      f"{shapes['mean_n_text']:.1f} × |V| {shapes['n_vision']}; student `{a.student}` ({h_s} heads)."),
-            "shapes": shapes, "row_stats": row_stats(t), "encodings": error_table([x.numpy() for x in t], studs, ENCODINGS)}
+            "shapes": shapes, "n_vision": shapes["n_vision"], "row_stats": row_stats(t), "encodings": error_table([x.numpy() for x in t], studs, ENCODINGS)}
     if a.slice_npz:
         z = np.load(a.slice_npz)
         t = [torch.from_numpy(z[k]) for k in sorted(z.files)]
@@ -232,7 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
         rep["parts"]["random 7B slice"] = {
             "what": (f"Random-weight 2-layer 7B slice (benchmarks.cache_size), {len(t)} samples, 32 heads × mean |T| "
                      f"{np.mean([x.shape[1] for x in t]):.1f} × 144; student = its 16 head-pair averages × 10% noise."),
-            "row_stats": row_stats(t), "encodings": error_table([x.numpy() for x in t], studs, ENCODINGS)}
+            "n_vision": int(t[0].shape[-1]), "row_stats": row_stats(t),
+            "encodings": error_table([x.numpy() for x in t], studs, ENCODINGS)}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "attn_codec.json").write_text(json.dumps(rep, indent=1))
