@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--world", help="the toy world the teacher was trained on")
     ap.add_argument("--records", type=int, default=64)
     ap.add_argument("--slice-npz", default=None, help="attention of the random 7B slice (benchmarks.cache_size --save-attn)")
+    ap.add_argument("--near-noise", type=float, default=0.1, help="the `near` student's multiplicative noise σ")
     ap.add_argument("--real-n-text", type=float, default=232.0, help="mean |T| for the real-width MB column")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="results/attn_codec")
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
         t, s, shapes = toy_attention(a.teacher, a.student, Path(a.world), a.records)
         h_s, h_t = shapes["student_heads"], shapes["teacher_heads"]
         studs = {"init": (s, HeadAdapter(h_s, h_t)), "fitted": (s, fit_adapter(s, t, h_s, h_t))}
-        near = near_student(t, h_s)
+        near = near_student(t, h_s, noise=a.near_noise)
         studs["near"] = (near, fit_adapter(near, t, h_s, h_t))
         rep["parts"][f"toy teacher {Path(a.teacher).name}"] = {
             "what": (f"Toy teacher `{a.teacher}` {a.note}, {shapes['records']} held-out records, {h_t} heads × mean |T| "
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.slice_npz:
         z = np.load(a.slice_npz)
         t = [torch.from_numpy(z[k]) for k in sorted(z.files)]
-        near = near_student(t, 16)
+        near = near_student(t, 16, noise=a.near_noise)
         studs = {"init": (near, HeadAdapter(16, 32)), "near": (near, fit_adapter(near, t, 16, 32))}
         rep["parts"]["random 7B slice"] = {
             "what": (f"Random-weight 2-layer 7B slice (benchmarks.cache_size), {len(t)} samples, 32 heads × mean |T| "
