@@ -9,6 +9,13 @@ query's weights over the |V| vision keys):
   u8      uint8 per-row linear, scale m = row max (float32):  x̂ = q/255·m;     |err| <= m/510
   u8sqrt  uint8 per-row in the sqrt domain:  q = round(255·sqrt(x/m)), x̂ = (q/255)²·m;
           |err| <= m/255 near the row max but far finer for small x (step ≈ m·(2q+1)/255²)
+  low-bit (opt-in; LOWBIT_ATTN_MODES): the same two maps with L = 2^b - 1 levels instead of 255,
+  u6 / u6sqrt (L = 63) and u4 / u4sqrt (L = 15). Codes are stored one per uint8, so the layout
+  is the u8 one; pair them with a bit-shuffling codec ("blosc:zstd:3:bitshuffle"): the 8 - b
+  always-zero bit planes then cost nothing, and the rest is entropy coded plane by plane.
+          u<b>      |err| <= m/(2L)
+          u<b>sqrt  |err| <= m·(2q+1)/(2L²) <= m/L (q = the stored code); values below
+                    m/(4L²) decode to 0, so a row keeps its mass only to within that per entry
 logprobs (top-k log p): f32 lossless | f16 (|err| <= 2^-11·|x|, i.e. relative error of p ≈ 5e-4·|log p|)
 vision tokens [|V|, D]: f32 lossless | f16 (writer rejects |x| > 65504) | bf16 (8-bit mantissa,
   round-to-nearest-even, stored as uint16)
@@ -26,6 +33,12 @@ import numpy as np
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 ATTN_MODES = ("f32", "f16", "u8", "u8sqrt")
+# opt-in, fewer levels per code (benchmarks/attn_codec.py measures their loss/gradient error);
+# kept apart from ATTN_MODES so the default tables and checks that enumerate it do not change
+LOWBIT_ATTN_MODES = ("u6", "u6sqrt", "u4", "u4sqrt")
+# quantised mode → (levels L, sqrt-companded)
+_QUANT = {"u8": (255, False), "u8sqrt": (255, True), "u6": (63, False), "u6sqrt": (63, True),
+          "u4": (15, False), "u4sqrt": (15, True)}
 LOGPROB_MODES = ("f32", "f16")
 VISION_MODES = ("f32", "f16", "bf16")
 _F16_MAX = 65504.0
@@ -59,7 +72,7 @@ class Encoding:
 
     def __post_init__(self) -> None:
         problems = []
-        for name, allowed in (("attn", ATTN_MODES), ("logprobs", LOGPROB_MODES), ("vision", VISION_MODES)):
+        for name, allowed in (("attn", ATTN_MODES + LOWBIT_ATTN_MODES), ("logprobs", LOGPROB_MODES), ("vision", VISION_MODES)):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name}={getattr(self, name)!r} (allowed: {', '.join(allowed)})")
         for name in ("attn_codec", "logits_codec", "vision_codec"):
@@ -110,11 +123,18 @@ def codec_chain(spec: str, typesize: int) -> list:
 # ---- attention -------------------------------------------------------------------------------
 
 def attn_dtype(mode: str) -> np.dtype:
-    return np.dtype({"f32": np.float32, "f16": np.float16, "u8": np.uint8, "u8sqrt": np.uint8}[mode])
+    if mode in _QUANT:
+        return np.dtype(np.uint8)
+    return np.dtype({"f32": np.float32, "f16": np.float16}[mode])
 
 
 def attn_has_scale(mode: str) -> bool:
-    return mode in ("u8", "u8sqrt")
+    return mode in _QUANT
+
+
+def attn_levels(mode: str) -> int | None:
+    """Number of quantisation steps L of a quantised mode (codes 0..L), None for float modes."""
+    return _QUANT[mode][0] if mode in _QUANT else None
 
 
 def encode_attn(x: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -123,13 +143,14 @@ def encode_attn(x: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray | None
         return np.ascontiguousarray(x, dtype=np.float32), None
     if mode == "f16":
         return x.astype(np.float16), None
+    levels, companded = _QUANT[mode]
     m = x.max(axis=-1) if x.shape[-1] else np.zeros(x.shape[:-1], np.float32)  # [...]
     m = m.astype(np.float32)
     safe = np.where(m > 0, m, 1.0)[..., None]
     r = np.clip(x / safe, 0.0, 1.0)
-    if mode == "u8sqrt":
+    if companded:
         r = np.sqrt(r)
-    q = np.rint(r * 255.0).astype(np.uint8)
+    q = np.rint(r * float(levels)).astype(np.uint8)
     return q, m
 
 
@@ -137,8 +158,9 @@ def decode_attn(q: np.ndarray, scale: np.ndarray | None, mode: str) -> np.ndarra
     """Inverse of encode_attn: [..., c] float32."""
     if mode in ("f32", "f16"):
         return q.astype(np.float32)
-    r = q.astype(np.float32) * np.float32(1.0 / 255.0)
-    if mode == "u8sqrt":
+    levels, companded = _QUANT[mode]
+    r = q.astype(np.float32) * np.float32(1.0 / levels)
+    if companded:
         r = r * r
     return r * scale.astype(np.float32)[..., None]
 
