@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import zarr
 
+from benchmarks.common import write_outputs
 from cache_schema import Encoding
 from cache_schema import codecs as C
 from student_train.adapters import HeadAdapter
@@ -245,12 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
                      f"{np.mean([x.shape[1] for x in t]):.1f} × 144; student = its 16 head-pair averages × 10% noise."),
             "n_vision": int(t[0].shape[-1]), "row_stats": row_stats(t),
             "encodings": error_table([x.numpy() for x in t], studs, ENCODINGS)}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "attn_codec.json").write_text(json.dumps(rep, indent=1))
-    md = to_markdown(rep)
-    (out / "attn_codec.md").write_text(md)
-    print(md)
+    write_outputs(a.out, "attn_codec", rep, to_markdown(rep))
     return rep
 
 

@@ -30,7 +30,6 @@ the same codecs on a trained (toy) teacher's attention.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import tempfile
 import time
@@ -41,6 +40,7 @@ import torch
 
 from benchmarks.storage import _array_bytes
 from benchmarks.synth import Arch, Setting, bench_provenance, configs, make_batches
+from benchmarks.common import write_outputs
 from cache_schema import CacheStore, Encoding
 from cache_schema.schema import encode_sample, validate_image
 from pipeline.models import CaptureSpec, MobileVLM
@@ -207,12 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
         for label in a.encodings.split(","):
             rep["encodings"][label] = measure_store(teacher, samples, images, ENCODINGS[label], Path(tmp) / f"{len(rep['encodings'])}.zarr")
             print(f"[cache_size] {label}: {rep['encodings'][label]['du_bytes_per_sample'] / 1e6:.3f} MB/sample (du)")
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cache_size.json").write_text(json.dumps(rep, indent=1))
-    md = to_markdown(rep)
-    (out / "cache_size.md").write_text(md)
-    print(md)
+    write_outputs(a.out, "cache_size", rep, to_markdown(rep))
     return rep
 
 

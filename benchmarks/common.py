@@ -6,12 +6,14 @@ turns into "this number is bad, because ..." lines.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import platform
 import statistics
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -185,3 +187,12 @@ def mb(x: float | None) -> str:
 
 def fmt(x: float | None, spec: str = ".3g") -> str:
     return "–" if x is None else format(x, spec)
+
+
+def write_outputs(out: str | Path, name: str, rep: dict, markdown: str) -> None:
+    """`<out>/<name>.json` (the numbers) and `<out>/<name>.md` (the table), and the table on stdout."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(rep, indent=1))
+    (out / f"{name}.md").write_text(markdown)
+    print(markdown)

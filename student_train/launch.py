@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from student_train.shm import unlink_all
+
 STAGES = ("pretrain", "finetune")
 MODES = ("cached", "online", "sft")
 _REQUIRED = ("workflow", "subset", "stage", "init", "out")
@@ -114,14 +116,7 @@ def release_shm_buffers(command: list[str], shm_dir: Path = SHM_DIR) -> list[str
         port = command[command.index("--master_port") + 1]
     except (ValueError, IndexError):
         return []
-    removed = []
-    for f in shm_dir.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
-        try:
-            f.unlink()
-            removed.append(f.name)
-        except FileNotFoundError:
-            pass
-    return removed
+    return unlink_all(shm_dir.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
 
 
 def launcher_env(num_procs: int) -> dict[str, str]:

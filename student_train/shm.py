@@ -58,10 +58,14 @@ def reclaim_orphan_buffers(shm_dir: Path = SHM_DIR, min_age_s: float = MIN_AGE_S
     mapped = mapped_paths()  # after the stat: a buffer mapped since is seen as mapped
     if mapped is None:
         return []
+    return unlink_all(f for f in candidates if str(f) not in mapped and str(f.resolve()) not in mapped)
+
+
+def unlink_all(files) -> list[str]:
+    """Remove these files (one already gone is fine: another clean-up got there first); returns
+    the names removed."""
     removed = []
-    for f in candidates:
-        if str(f) in mapped or str(f.resolve()) in mapped:
-            continue
+    for f in files:
         try:
             f.unlink()
             removed.append(f.name)
