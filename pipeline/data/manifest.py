@@ -56,7 +56,7 @@ def build_manifest(wf: Workflow, command: str = "", progress: bool = True) -> Bu
                 counts = report.add(DatasetCounts(ds.name, ds.stage, ds.template, {s: 0 for s, _ in subsets}))
                 with _progress(ds.name, progress) as bar:
                     for batch, rejected in run.map(job, _batches(ds.name, ds.json, data.batch_size)):
-                        sink.write(batch, rejected)
+                        sink.write(batch, rejected + _over_long(batch, ds.name, subsets))
                         _count(counts, batch, rejected, subsets)
                         bar.update(batch.num_rows + len(rejected))
         tmp_md.write_text(report.markdown(), encoding="utf-8")
@@ -145,6 +145,21 @@ def _batches(dataset: str, json_path: str, size: int) -> Iterator[list[tuple[int
             batch = []
     if batch:
         yield batch
+
+
+def _over_long(batch: pa.RecordBatch, dataset: str, subsets: tuple) -> list[dict]:
+    """Rows in no subset, as rejects-file lines (reason too_long) so a user finds each by record:
+    they stay in the manifest (a longer subset added later may take them) and are counted as
+    too_long, not as rejected, in the count tables."""
+    if not batch.num_rows:
+        return []
+    cols = batch.to_pydict()
+    limits = ", ".join(f"{s} {lim}" for s, lim in subsets)
+    return [{"dataset": dataset, "record_index": cols["record_index"][i],
+             "record_id": cols["sample_id"][i].split("/", 1)[1], "sample_id": cols["sample_id"][i], "reason": "too_long",
+             "detail": f"embedded length {cols['embedded_len'][i]} exceeds every subset limit ({limits}); "
+                       "kept in the manifest in no subset"}
+            for i in range(batch.num_rows) if not any(cols[f"in_{s}"][i] for s, _ in subsets)]
 
 
 def _count(c: DatasetCounts, batch: pa.RecordBatch, rejected: list[dict], subsets: tuple) -> None:

@@ -110,6 +110,13 @@ def test_subsets_are_nested_and_within_their_limits(world):
     qa_counts = next(c for c in report.datasets if c.name == "toy_qa")
     assert qa_counts.in_subset == {s: sum(r[f"in_{s}"] for r in t if r["dataset"] == "toy_qa") for s in SUBSETS}
     assert qa_counts.too_long == 1 and qa_counts.valid == 7 and qa_counts.records == len(world["records"]) + 1
+    # ... and listed by record in the rejects file (it was only counted), not counted as rejected
+    listed = [json.loads(line) for line in Path(wf.data.rejects).read_text().splitlines()]
+    too_long = [r for r in listed if r["reason"] == "too_long"]
+    assert [(r["sample_id"], r["record_id"]) for r in too_long] == [("toy_qa/q5", "q5")], too_long
+    detail = too_long[0]["detail"]
+    assert f"embedded length {ids['toy_qa/q5']['embedded_len']} " in detail and f"long {SUBSETS['long']}" in detail, detail
+    assert "too_long" not in qa_counts.rejected
 
 
 def test_rows_match_the_template_and_the_files(world, tokenizer_dir):
@@ -133,7 +140,8 @@ def test_rows_match_the_template_and_the_files(world, tokenizer_dir):
 
 def test_every_rejected_record_is_in_the_rejects_file_with_its_reason(world):
     wf, report = build(world["wf"])
-    rejects = [json.loads(line) for line in Path(wf.data.rejects).read_text().splitlines()]
+    listed = [json.loads(line) for line in Path(wf.data.rejects).read_text().splitlines()]
+    rejects = [r for r in listed if r["reason"] != "too_long"]  # too_long lines are rows in no subset
     got = {r["record_index"]: r["reason"] for r in rejects if r["dataset"] == "toy_qa"}
     assert got == world["expected"]
     assert all(r["detail"] for r in rejects)
@@ -143,6 +151,7 @@ def test_every_rejected_record_is_in_the_rejects_file_with_its_reason(world):
     rows = pq.read_table(wf.data.manifest, columns=["dataset", "record_index"]).to_pylist()
     kept = {r["record_index"] for r in rows if r["dataset"] == "toy_qa"}
     assert kept.isdisjoint(got) and len(kept) + len(got) == len(world["records"]) + 1
+    assert {r["record_index"] for r in listed if r["reason"] == "too_long" and r["dataset"] == "toy_qa"} <= kept
     qa_counts = next(c for c in report.datasets if c.name == "toy_qa")
     assert qa_counts.rejected == {reason: list(world["expected"].values()).count(reason) for reason in set(world["expected"].values())}
 
