@@ -111,6 +111,10 @@ def _is_utf8(s: str) -> bool:
 def _check_image(image: str, job: DatasetJob) -> tuple[str, str]:
     """(absolute path, sha256[:16] of the bytes) of a readable, decodable image; else TemplateError."""
     path = os.path.abspath(os.path.join(job.image_root, image))
+    # "../x.png" or an absolute path would read a file from outside the dataset's image_root
+    # (another dataset's, or anything the process can read): refuse it by record
+    if os.path.commonpath([path, job.image_root]) != job.image_root:
+        raise TemplateError("image_outside_root", f"image {image!r} resolves to {path}, outside image_root {job.image_root}")
     if path not in _IMAGE_CACHE:
         if len(_IMAGE_CACHE) >= _IMAGE_CACHE_MAX:
             _IMAGE_CACHE.clear()

@@ -55,6 +55,8 @@ def finetune_records() -> tuple[list, dict[int, str]]:
         "image_unreadable": [qa("b12", "a_directory", [("q", "a")])],
         "bad_image_field": [{**qa("b13", None, [("<image> q", "a")]), "image": 5}],
         "bad_id": [qa({"not": "an id"}, None, [("q", "a")])],
+        # an existing image outside image_root (tests write it beside the root), relative and absolute
+        "image_outside_root": [qa("b14", "../outside.png", [("q", "a")]), qa("b15", "/etc/hostname", [("q", "a")])],
     }
     records, expected = list(good), {}
     for reason, recs in bad.items():
@@ -68,6 +70,7 @@ def finetune_records() -> tuple[list, dict[int, str]]:
 def world(tmp_path, tokenizer_dir):
     img = tmp_path / "images"
     write_png(img / "red.png", (200, 30, 30))
+    write_png(tmp_path / "outside.png", (1, 2, 3))
     write_png(img / "blue.png", (30, 30, 200))
     write_corrupt_png(img / "corrupt.png")
     (img / "garbage.png").write_bytes(b"not an image at all")
