@@ -288,7 +288,29 @@ def load_workflow(path: str | Path = DEFAULT_WORKFLOW) -> Workflow:
         raise WorkflowError(f"{path}: {len(errors)} problem(s):\n  - " + "\n  - ".join(errors))
     wf.source = str(path)
     wf.train.deepspeed_config = _beside_workflow(wf.train.deepspeed_config, path)
+    _place_unset_paths(wf, raw)
     return wf
+
+
+# (section, key, path under run_dir) of every output/checkpoint path with a default
+_RUN_PATHS = (("world", "dir", "world"), ("data", "manifest", "manifest.parquet"),
+              ("data", "rejects", "manifest.rejects.jsonl"), ("cache", "dir", "cache"),
+              ("train", "out_dir", "student"), ("models", "teacher", "teacher"),
+              ("models", "student", "world/student_init"))
+
+
+def _place_unset_paths(wf: Workflow, raw: dict) -> None:
+    """Paths the file leaves unset go under its run_dir, and an unset run_dir is runs/<name>: a
+    workflow named "mine" without `data.manifest` writes runs/mine/manifest.parquet, never into the
+    toy's runs/toy/ tree (the dataclass defaults, which are the toy's, apply to name: toy alone)."""
+    if "run_dir" not in raw:
+        wf.run_dir = f"runs/{wf.name}"
+    for section, key, rel in _RUN_PATHS:
+        if key not in (raw.get(section) or {}):
+            if (section, key) == ("models", "student") and "dir" in (raw.get("world") or {}):
+                setattr(wf.models, "student", f"{wf.world.dir}/student_init")  # the world writes it
+            else:
+                setattr(getattr(wf, section), key, f"{wf.run_dir}/{rel}")
 
 
 def _beside_workflow(rel: str, workflow: Path) -> str:

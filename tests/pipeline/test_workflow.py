@@ -139,3 +139,21 @@ def test_workflow_presets_are_the_loss_presets():
 
     assert set(typing.get_args(Preset)) == set(PRESETS)
     assert set(typing.get_args(TailModel)) == set(TAIL_MODELS)
+
+
+def test_unset_paths_go_under_the_workflows_own_run_dir(tmp_path):
+    # a workflow of another name used to write runs/toy/manifest.parquet (the toy's defaults)
+    p = tmp_path / "mine.yaml"
+    p.write_text("name: mine\n")
+    wf = load_workflow(p)
+    assert wf.run_dir == "runs/mine"
+    assert (wf.data.manifest, wf.data.rejects, wf.cache.dir, wf.train.out_dir, wf.world.dir, wf.models.teacher,
+            wf.models.student) == ("runs/mine/manifest.parquet", "runs/mine/manifest.rejects.jsonl", "runs/mine/cache",
+                                   "runs/mine/student", "runs/mine/world", "runs/mine/teacher",
+                                   "runs/mine/world/student_init")
+    p.write_text(f"name: mine\nrun_dir: {tmp_path}/out\ndata: {{manifest: /data/m.parquet}}\nworld: {{dir: /w}}\n")
+    wf = load_workflow(p)
+    assert wf.data.manifest == "/data/m.parquet" and wf.cache.dir == f"{tmp_path}/out/cache"  # set ones are kept
+    assert wf.models.student == "/w/student_init"
+    p.write_text("train: {seed: 1}\n")  # no name: the toy's paths, as before
+    assert load_workflow(p).data.manifest == "runs/toy/manifest.parquet"
