@@ -183,6 +183,7 @@ class TrainConfig:
     prefetch_factor: int = 2
     gradient_checkpointing: bool = False
     save_every: int = 0  # DeepSpeed checkpoint every N optimiser steps (0: only at the end)
+    keep_checkpoints: int = 2  # newest DeepSpeed checkpoints kept per stage (0: all; ~5 GB each at real width)
     # hand gradients to ZeRO-2 in a fixed parameter order (see student_train.engine.replay_grads);
     # False uses DeepSpeed's own hooks: only safe when every micro-batch uses every parameter alike
     fixed_grad_order: bool = True
@@ -284,6 +285,11 @@ def load_workflow(path: str | Path = DEFAULT_WORKFLOW) -> Workflow:
     errors: list[str] = []
     raw = _substitute_vars(raw, errors)
     wf = from_dict(Workflow, raw, "", errors)
+    for key in ("train.save_every", "train.keep_checkpoints"):  # counts where a negative means nothing
+        section, name = key.split(".")
+        value = getattr(getattr(wf, section), name)
+        if isinstance(value, int) and value < 0:
+            errors.append(f"{key}: must be 0 or more, got {value}")
     if errors:
         raise WorkflowError(f"{path}: {len(errors)} problem(s):\n  - " + "\n  - ".join(errors))
     wf.source = str(path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def save(engine, ckpt_dir: Path, step: int, client: dict[str, Any]) -> str:
-    """Collective: every rank calls it. Returns the tag."""
+def save(engine, ckpt_dir: Path, step: int, client: dict[str, Any], keep: int = 0) -> str:
+    """Collective: every rank calls it. Returns the tag. keep > 0: rank 0 then deletes all but the
+    newest `keep` tags (`prune`)."""
     tag = tag_for(step)
     (ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
     torch.save(rng_state(), ckpt_dir / tag / f"rng_rank{engine.global_rank}.pt")
@@ -78,6 +80,7 @@ def save(engine, ckpt_dir: Path, step: int, client: dict[str, Any]) -> str:
         tmp = ckpt_dir / "latest.tmp"
         tmp.write_text(tag)
         os.replace(tmp, ckpt_dir / "latest")
+        prune(ckpt_dir, keep)  # after `latest` names the new tag: a kill here leaves one tag more, never none
     if dist.is_initialized():
         dist.barrier()
     return tag
@@ -102,3 +105,19 @@ def load(engine, ckpt_dir: Path, expect: dict[str, Any]) -> dict[str, Any]:
         raise ResumeError(f"--resume: {rng} missing (checkpoint saved with another number of ranks?)")
     set_rng_state(torch.load(rng, weights_only=False))
     return client
+
+
+def prune(ckpt_dir: Path, keep: int) -> list[str]:
+    """Delete every `step<N>` tag but the newest `keep` (0: keep all) and the one `latest` names;
+    returns the names deleted. A ZeRO-2 checkpoint of even a 2-layer real-width slice is ~5 GB, so
+    a run saving every few hundred steps filled its disk while only the newest is ever resumed from."""
+    if keep <= 0 or not ckpt_dir.is_dir():
+        return []
+    latest = latest_tag(ckpt_dir)
+    tags = sorted((p for p in ckpt_dir.iterdir()
+                   if p.is_dir() and p.name.startswith(TAG_PREFIX) and p.name[len(TAG_PREFIX):].isdigit()),
+                  key=lambda p: int(p.name[len(TAG_PREFIX):]))
+    old = [p for p in tags[:-keep] if p.name != latest]
+    for p in old:
+        shutil.rmtree(p, ignore_errors=True)
+    return [p.name for p in old]

@@ -323,12 +323,12 @@ class StudentTrainRecipe:
             self._log_step(meter.reduce(self.device), lrs)
             meter.reset()
             if self.wf.train.save_every > 0 and self.step % self.wf.train.save_every == 0:
-                ckpt.save(engine, self.ckpt_dir, self.step, self._client_state(self.step))
+                ckpt.save(engine, self.ckpt_dir, self.step, self._client_state(self.step), self.wf.train.keep_checkpoints)
                 saved = self.step
         if self.writer is not None:
             self.writer.close()  # the bar ends here, before the export's own messages
         if saved != self.step:
-            ckpt.save(engine, self.ckpt_dir, self.step, self._client_state(self.step))
+            ckpt.save(engine, self.ckpt_dir, self.step, self._client_state(self.step), self.wf.train.keep_checkpoints)
         self._export()
 
     def _backward(self, loss: torch.Tensor) -> None:

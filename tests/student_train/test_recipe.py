@@ -171,7 +171,7 @@ def test_one_rank_cached_run_trains_logs_and_exports(tiny_world, tiny_store, tmp
     from student_train.recipe import StudentTrainRecipe
 
     wf = tiny_world.workflow()
-    path = write_workflow(wf, tmp_path / "wf.yaml", save_every=1)
+    path = write_workflow(wf, tmp_path / "wf.yaml", save_every=1, keep_checkpoints=1)
     out = tmp_path / "run"
     r = StudentTrainRecipe(RunArgs(workflow=str(path), subset="short", stage="finetune", init=wf.models.student,
                                    out=str(out), max_steps=2))
@@ -199,7 +199,8 @@ def test_one_rank_cached_run_trains_logs_and_exports(tiny_world, tiny_store, tmp
             assert math.isfinite(row[k]) and row[k] >= 0, k
         assert row["samples"] == 4
         assert math.isclose(row["lr/projector"] / row["lr/llm"], 5e-3 / 2e-3)  # own LRs, one schedule
-    assert (out / "finetune" / "checkpoints" / "step1").is_dir() and (out / "finetune" / "checkpoints" / "latest").read_text() == "step2"
+    ckpts = out / "finetune" / "checkpoints"  # saved at steps 1 and 2, keep_checkpoints 1: step1 pruned
+    assert (ckpts / "latest").read_text() == "step2" and (ckpts / "step2").is_dir() and not (ckpts / "step1").exists()
 
     final = out / "finetune" / "final"
     m = MobileVLM.from_pretrained(final)  # strict keys: no adapter / criterion key slipped in
