@@ -28,6 +28,7 @@ USER_ERRORS = frozenset({
     "pipeline.models.config.ModelConfigError",
     "pipeline.models.checkpoint.CheckpointError",
     "pipeline.templates.TemplateError",
+    "pipeline.tokenizer_load.TokenizerLoadError",
     "toy_world.generate.WorldError",
     "teacher_dump.validate.DumpInputError",
     "teacher_dump.run.DumpError",

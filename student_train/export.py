@@ -70,10 +70,10 @@ def export_student(ckpt_dir: Path, tag: str, init_dir: Path, out_dir: Path, dtyp
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, dtype=dtype)
     copy_tokenizer(tokenizer_dir, tmp)
+    original_compat.point_vision_tower(tmp, final=out_dir)  # named where it will be: correct from the rename on
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
-    original_compat.point_vision_tower(out_dir)  # the tower's absolute path moved with the rename
     return out_dir
 
 

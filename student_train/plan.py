@@ -188,7 +188,7 @@ def _check_manifest(wf: Workflow, problems: list[str]) -> dict[str, dict[str, in
         if built != tok:
             problems.append(f"the manifest {path} was tokenised with tokenizer {built} but data.tokenizer "
                             f"({wf.data.tokenizer}) is {tok}: rebuild the manifest")
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: ManifestFormatError, TokenizerLoadError
         problems.append(f"{wf.label('data.tokenizer')}: {exc}")
     try:
         return manifest_counts(path, wf.data.subsets, {st: getattr(wf.train, st).datasets for st in ("pretrain", "finetune")})

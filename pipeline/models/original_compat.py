@@ -150,21 +150,23 @@ def write_vision_tower_dir(path: Path, vision: CLIPVisionConfig, tower_state: di
     return path
 
 
-def point_vision_tower(checkpoint: Path) -> None:
+def point_vision_tower(checkpoint: Path, final: Path | None = None) -> None:
     """Set `mm_vision_tower` in `checkpoint/config.json` to the ABSOLUTE path of its own
     `vision_tower/` (when it has one). Why absolute: the original code passes the key straight to
     `CLIPVisionModel.from_pretrained`, which resolves a relative name against the cwd, so only an
     absolute path loads from any directory. Consequence: a checkpoint dir that is moved or copied
     must be re-exported, or this key edited (or this function run on the new dir), before the
     original code loads it; alignkd itself falls back to `<checkpoint>/vision_tower/`.
-    The file is replaced, never edited in place (it may be a hard link shared with another dir)."""
+    The file is replaced, never edited in place (it may be a hard link shared with another dir).
+    final: the dir `checkpoint` is about to be renamed to (the key names the tower there, so a kill
+    between the rename and a later fix-up cannot leave it naming the temporary dir)."""
     checkpoint = Path(checkpoint)
     vdir = checkpoint / VISION_DIR
     f = checkpoint / "config.json"
     if not (vdir / "config.json").is_file():
         return
     d = json.loads(f.read_text())
-    d["mm_vision_tower"] = str(vdir.resolve())
+    d["mm_vision_tower"] = str(((Path(final) if final is not None else checkpoint) / VISION_DIR).resolve())
     tmp = f.with_name("config.json.tmp")
     tmp.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
     tmp.replace(f)

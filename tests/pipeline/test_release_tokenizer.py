@@ -167,3 +167,17 @@ def test_a_checkpoint_shipping_tokenizer_model_uses_its_own(release_dir, tmp_pat
     """eval / probe: the model's tokenizer in either format, the workflow's only without one."""
     assert tokenizer_dir_for(release_dir, tmp_path) == release_dir
     assert tokenizer_dir_for(tmp_path, release_dir) == release_dir
+
+
+def test_a_tokenizer_json_the_library_cannot_parse_is_a_tokenizer_load_error(tmp_path):
+    # the Rust tokenizers library raises a bare Exception for a structure it does not know (e.g. a
+    # file written by a newer version): it must still be the one-line TokenizerLoadError
+    from pipeline.tokenizer_load import TokenizerLoadError, load_tokenizer
+
+    (tmp_path / "tokenizer.json").write_text(json.dumps({  # unk_token an int: the library raises Exception
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+        "pre_tokenizer": None, "post_processor": None, "decoder": None,
+        "model": {"type": "WordLevel", "vocab": {"a": 0}, "unk_token": 7}}))
+    (tmp_path / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast"}')
+    with pytest.raises(TokenizerLoadError, match=f"{tmp_path}: cannot load the tokenizer"):
+        load_tokenizer(tmp_path)
