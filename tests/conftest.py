@@ -1,6 +1,8 @@
 """Small fixtures shared by every test package."""
 
+import os
 import random
+import subprocess
 
 import numpy as np
 import pytest
@@ -31,3 +33,18 @@ def tiny_vlm(toy_vision_dir, seed):
     from pipeline.models.presets import toy_student_config
 
     return MobileVLM(toy_student_config(100, toy_vision_dir)).eval()
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 256 kB tmpfs of its own (needs root and mount; skipped elsewhere): a real ENOSPC when
+    filled, a real read-only filesystem when remounted `ro` (root ignores permission bits)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)

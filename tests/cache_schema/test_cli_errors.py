@@ -5,7 +5,6 @@ deep. `--debug` / ALIGNKD_DEBUG=1 keeps the traceback. The console script itself
 from __future__ import annotations
 
 import errno
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -19,7 +18,7 @@ from pipeline.data import ManifestError
 from pipeline.data.jsonstream import iter_json_array
 
 from cache_schema_testlib import make_prov, write_unit
-from test_reliability import _fill, tiny_fs  # noqa: F401 — the tmpfs fixture
+from test_reliability import _fill
 
 REPO = Path(__file__).resolve().parents[2]
 IDS = ["a/0", "a/1", "a/2"]
@@ -76,7 +75,7 @@ def test_missing_manifest_file_is_one_line_and_debug_keeps_the_traceback(store, 
         app(["--debug", "cache", "verify", str(store), "--manifest", str(gone)], prog_name="alignkd")
 
 
-def test_full_disk_at_finalize_is_one_line_and_leaves_no_temp_file(tiny_fs):  # noqa: F811
+def test_full_disk_at_finalize_is_one_line_and_leaves_no_temp_file(tiny_fs):
     s = CacheStore.create_or_open(tiny_fs / "c", make_prov())
     write_unit(s, "u0", IDS, seed=0)
     filler = _fill(tiny_fs)

@@ -14,7 +14,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cache_schema import CacheError, CacheReader, CacheStore, IntegrityError, verify_store
@@ -62,20 +61,6 @@ def test_old_versions_unfinished_skeleton_is_recreated(tmp_path):
     s = CacheStore.create_or_open(path, make_prov())
     write_unit(s, "u0", *UNITS["u0"])
     assert s.finalize(UNITS["u0"][0]).n_samples == 3
-
-
-@pytest.fixture
-def tiny_fs(tmp_path):
-    """A 256 kB tmpfs (needs root and mount; skipped elsewhere) for a real ENOSPC."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def _fill(fs: Path) -> Path:

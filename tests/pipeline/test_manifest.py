@@ -241,34 +241,26 @@ def test_invalid_data_section_lists_every_problem(world):
     assert "unknown template 'llama_2'" in msg and "unique" in msg and "positive limits" in msg
 
 
-def test_a_read_only_output_directory_is_one_line_and_the_previous_manifest_survives(world, tmp_path, capsys):
+def test_a_read_only_output_directory_is_one_line_and_the_previous_manifest_survives(world, tmp_path, capsys, tiny_fs):
     # a cause outside the program (issue 15 item 6): the manifest's directory is on a read-only
-    # filesystem (a real tmpfs remounted read-only: root ignores permission bits, not a ro mount)
-    import os
+    # filesystem (the tmpfs remounted read-only: root ignores permission bits, not a ro mount)
     import subprocess
 
     from alignkd.cli import app
 
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(ro)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    try:
-        text = Path(world["wf"]).read_text()
-        for name in ("manifest.parquet", "manifest.rejects.jsonl"):
-            text = text.replace(str(world["out"] / name), str(ro / name))
-        p = tmp_path / "ro_wf.yaml"
-        p.write_text(text)
-        build(p)  # a first, good build on the writable mount
-        before = (ro / "manifest.parquet").read_bytes()
-        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as ex:
-            app(["data", "build", "--workflow", str(p), "--no-progress"], prog_name="alignkd")
-        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-        assert ex.value.code == 1 and len(err) == 1 and err[0].startswith("error: "), err
-        assert str(ro) in err[0] and "read-only" in err[0], err
-        assert (ro / "manifest.parquet").read_bytes() == before  # nothing already written is lost
-    finally:
-        subprocess.run(["umount", str(ro)], check=False)
+    ro = tiny_fs
+    text = Path(world["wf"]).read_text()
+    for name in ("manifest.parquet", "manifest.rejects.jsonl"):
+        text = text.replace(str(world["out"] / name), str(ro / name))
+    p = tmp_path / "ro_wf.yaml"
+    p.write_text(text)
+    build(p)  # a first, good build on the writable mount
+    before = (ro / "manifest.parquet").read_bytes()
+    subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as ex:
+        app(["data", "build", "--workflow", str(p), "--no-progress"], prog_name="alignkd")
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert ex.value.code == 1 and len(err) == 1 and err[0].startswith("error: "), err
+    assert str(ro) in err[0] and "read-only" in err[0], err
+    assert (ro / "manifest.parquet").read_bytes() == before  # nothing already written is lost
