@@ -43,8 +43,8 @@ class Answerer:
         pretrained = Path(pretrained)
         tok_dir = Path(tokenizer) if tokenizer else pretrained
         if not has_tokenizer(tok_dir):
-            raise HarnessRequestError(f"{tok_dir}: no tokenizer files; pass tokenizer=<dir> "
-                                      "(the workflow's data.tokenizer)")
+            raise ValueError(f"{tok_dir}: no tokenizer files; pass tokenizer=<dir> in --model_args "
+                             "(the workflow's data.tokenizer)")
         self.tokenizer = load_tokenizer(tok_dir)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = MobileVLM.from_pretrained(pretrained, dtype=dtype, device=device)
