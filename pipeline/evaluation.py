@@ -47,48 +47,60 @@ def _batches(items: list, size: int) -> Iterable[list]:
 def evaluate(model: MobileVLM, tokenizer: Any, records: list[dict], image_root: str | Path,
              template: str = "v1", batch_size: int = 32, max_new_tokens: int = 16,
              progress: bool = True) -> list[Prediction]:
-    """Greedy answers for `records`, in order. Prompts are right-padded with pad id 0."""
-    model.eval()
+    """Greedy answers for `records`, in order (`generate_answers` on each record's conversation)."""
     image_root = Path(image_root)
-    # sort by prompt length so batches hold similar lengths (less padding), restore order after
-    encoded = []
-    for r in records:
-        has_image = bool(r.get("image"))
-        enc = encode_prompt(r["conversations"], template, tokenizer, has_image)
-        encoded.append((r, enc.input_ids))
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][1]))
-    out: dict[int, Prediction] = {}
-    bar = tqdm(total=len(records), desc="eval", unit="q", disable=not progress)
+    prompts = [(r["conversations"], image_root / r["image"] if r.get("image") else None) for r in records]
+    texts = generate_answers(model, tokenizer, prompts, template, batch_size, max_new_tokens, progress)
+    out = []
+    for i, (rec, text) in enumerate(zip(records, texts)):
+        answer = str(rec.get("answer", rec["conversations"][-1]["value"]))
+        human = rec["conversations"][-2]["value"] if len(rec["conversations"]) >= 2 else ""
+        out.append(Prediction(
+            question_id=str(rec.get("id", i)), task=str(rec.get("task", "all")),
+            prompt=human.replace(f"{IMAGE_PLACEHOLDER}\n", ""), answer=answer,
+            prediction=text, correct=normalise(text) == normalise(answer),
+        ))
+    return out
+
+
+@torch.no_grad()
+def generate_answers(model: MobileVLM, tokenizer: Any, prompts: list[tuple[list[dict], Any]],
+                     template: str = "v1", batch_size: int = 32, max_new_tokens: int = 16,
+                     progress: bool = True) -> list[str]:
+    """Greedy answers, in order, to `prompts`: (LLaVA conversation, image) pairs, the image a path,
+    a PIL image or None (text-only). The prompt is the conversation up to its final "ASSISTANT:"
+    (`encode_prompt`); the answer is the decoded new tokens without special tokens, stripped.
+
+    The one generation path of `alignkd eval` and of the benchmark-harness model class
+    (alignkd_harness/): the same prompts in the same order and batch size give the same batches,
+    hence bit-identical answers. Prompts are sorted by length (less padding; order restored) and
+    right-padded with pad id 0."""
+    model.eval()
+    encoded = [encode_prompt(conv, template, tokenizer, image is not None).input_ids for conv, image in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    out: dict[int, str] = {}
+    bar = tqdm(total=len(prompts), desc="eval", unit="q", disable=not progress)
     for idx in _batches(order, batch_size):
-        width = max(len(encoded[i][1]) for i in idx)
+        width = max(len(encoded[i]) for i in idx)
         ids = torch.zeros(len(idx), width, dtype=torch.long)
         am = torch.zeros(len(idx), width, dtype=torch.long)
         images = torch.zeros(len(idx), 3, model.image_size, model.image_size)
         any_image = False
         for row, i in enumerate(idx):
-            rec, p = encoded[i]
+            p, image = encoded[i], prompts[i][1]
             ids[row, : len(p)] = torch.tensor(p)
             am[row, : len(p)] = 1
-            if rec.get("image"):
-                with Image.open(image_root / rec["image"]) as im:
-                    images[row] = preprocess_image(im.convert("RGB"), model.config)
+            if image is not None:
+                images[row] = _pixels(image, model)
                 any_image = True
         dev = model.device
         gen = model.generate(input_ids=ids.to(dev), images=images.to(dev, model.dtype) if any_image else None,
                              attention_mask=am.to(dev), max_new_tokens=max_new_tokens)
         for row, i in enumerate(idx):
-            rec, _ = encoded[i]
-            text = tokenizer.decode(gen[row].tolist(), skip_special_tokens=True)
-            answer = str(rec.get("answer", rec["conversations"][-1]["value"]))
-            human = rec["conversations"][-2]["value"] if len(rec["conversations"]) >= 2 else ""
-            out[i] = Prediction(
-                question_id=str(rec.get("id", i)), task=str(rec.get("task", "all")),
-                prompt=human.replace(f"{IMAGE_PLACEHOLDER}\n", ""), answer=answer,
-                prediction=text.strip(), correct=normalise(text) == normalise(answer),
-            )
+            out[i] = tokenizer.decode(gen[row].tolist(), skip_special_tokens=True).strip()
         bar.update(len(idx))
     bar.close()
-    return [out[i] for i in range(len(records))]
+    return [out[i] for i in range(len(prompts))]
 
 
 @torch.no_grad()
@@ -162,6 +174,13 @@ def with_other_images(records: list[dict]) -> list[dict]:
 def _load(path: Path, model: MobileVLM) -> torch.Tensor:
     with Image.open(path) as im:
         return preprocess_image(im.convert("RGB"), model.config)
+
+
+def _pixels(image: "Path | str | Image.Image", model: MobileVLM) -> torch.Tensor:
+    """Pixel values [3, S, S] of an image file or a PIL image (converted to RGB either way)."""
+    if isinstance(image, Image.Image):
+        return preprocess_image(image.convert("RGB"), model.config)
+    return _load(Path(image), model)
 
 
 def summarise(preds: list[Prediction]) -> dict:

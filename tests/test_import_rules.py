@@ -6,6 +6,7 @@
     teacher_dump   phase 1 ┐ the core and cache_schema only; never each other
     student_train  phase 2 ┘
     toy_world      the embedded toy world, a leaf on the core
+    alignkd_harness  the benchmark-harness model class (optional extra): a leaf on the core
     alignkd        the CLI: may compose everything; only it and benchmarks import it
 """
 
@@ -17,13 +18,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-OURS = ("cache_schema", "pipeline", "teacher_dump", "student_train", "toy_world", "alignkd", "benchmarks")
+OURS = ("cache_schema", "pipeline", "teacher_dump", "student_train", "toy_world", "alignkd_harness", "alignkd",
+        "benchmarks")
 ALLOWED = {
     "cache_schema": {"cache_schema"},
     "pipeline": {"pipeline"},
     "teacher_dump": {"teacher_dump", "pipeline", "cache_schema"},
     "student_train": {"student_train", "pipeline", "cache_schema"},
     "toy_world": {"toy_world", "pipeline"},
+    "alignkd_harness": {"alignkd_harness", "pipeline"},
     "alignkd": set(OURS),
     "benchmarks": set(OURS),
 }
