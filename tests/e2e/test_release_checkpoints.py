@@ -61,7 +61,7 @@ def test_release_directories_are_what_the_releases_ship(run):
         assert dtypes == {torch.bfloat16, torch.int64}, dtypes  # int64: CLIP's position_ids, as 4.33 saved them
 
 
-@pytest.mark.slow  # ~3.5 min on 2 CPU cores: 3 DeepSpeed launches and a Ray cluster
+@pytest.mark.slow  # ~3.3 min on 2 CPU cores: 3 DeepSpeed launches and a Ray cluster
 def test_every_command_on_release_directories(run):
     wf, out, cwd = str(run["wf"]), run["out"], run["root"]
     info = alignkd("model", "info", str(run["teacher"]), cwd=cwd)

@@ -11,8 +11,9 @@ The shapes are `benchmarks.cache_size`'s slice (its builder, with the student at
 weights are random. 3 samples, one optimiser step, no checkpoint but the one the export reads
 (train.save_every 0, keep_checkpoints 1), everything deleted at the end.
 
-Opt-in (minutes and ~10 GB of disk on a 2-core CPU machine, docs/release_checkpoints.md):
-    ALIGNKD_REAL_WIDTH=1 python -m pytest -q tests/e2e/test_release_slice.py
+Opt-in (~7 minutes and 9.4 GB of disk on a 2-core CPU machine, docs/release_checkpoints.md); `-s`
+shows the time of each step and the bytes on disk:
+    ALIGNKD_REAL_WIDTH=1 python -m pytest -q -s tests/e2e/test_release_slice.py
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -57,10 +59,28 @@ def test_real_width_slice_dump_train_export_reload(tmp_path, sp_model):
         shutil.rmtree(root, ignore_errors=True)  # ~10 GB: never left for pytest's kept tmp dirs
 
 
+def _bytes(path: Path) -> int:
+    """Apparent bytes of the files under `path` (hard links once: the run dir links the export)."""
+    seen, total = set(), 0
+    for f in path.rglob("*"):
+        st = f.lstat()
+        if f.is_file() and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
+
+
 def _run(root: Path, sp_model: bytes) -> None:
+    t0 = time.perf_counter()
+    times: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        times[name] = time.perf_counter() - t0 - sum(times.values())
+
     scfg, tcfg = _slice_configs()
     teacher = write_release_checkpoint(root / "MobileVLM_V2-7B", tcfg, sp_model, seed=0)
     student = write_release_checkpoint(root / "MobileVLM_V2-1.7B", scfg, sp_model, seed=1, tower_from=teacher)
+    lap("write the release dirs")
     data = write_data(root / "data", n_pretrain=1, n_finetune=2, n_eval=1)
     out = root / "out"
     wf = str(write_workflow(root / "mobilevlm_v2.yaml", teacher, student, data, out))
@@ -68,24 +88,39 @@ def _run(root: Path, sp_model: bytes) -> None:
     info = alignkd("model", "info", str(teacher), cwd=root)
     assert "4096 hidden, 32 heads" in info and "144 vision tokens" in info and "CLIP 24 x 1024, 336 px" in info, info
     alignkd("data", "build", "--workflow", wf, "--no-progress", cwd=root)
+    lap("model info + data build")
     alignkd("teacher-dump", "--workflow", wf, "--subset", "short", "--no-progress", cwd=root)
     alignkd("cache", "verify", str(out / "cache" / "short.zarr"), cwd=root)
+    lap("teacher-dump + cache verify")
     alignkd("student-train", "--workflow", wf, "--subset", "short", "--stage", "finetune", "--mode", "cached",
             "--max-steps", "1", "--num-gpus", "1", "--export-dtype", "bf16", cwd=root)
+    lap("student-train (1 step, checkpoint, export)")
 
     stage = out / "student" / "finetune"
     final, ckpts = stage / "final", stage / "checkpoints"
     assert [p.name for p in ckpts.glob("step*")] == ["step1"]  # the one checkpoint the export needs
+    # the run's peak on disk (nothing is deleted before this point)
+    disk = {"release dirs": _bytes(teacher) + _bytes(student), "cache": _bytes(out / "cache"),
+            "checkpoint": _bytes(ckpts), "export": _bytes(final), "all": _bytes(root)}
     assert (final / "tokenizer.model").is_file() and vocab_fingerprint(final) == vocab_fingerprint(student)
     module = torch.load(ckpts / "step1" / "mp_rank_00_model_states.pt", weights_only=False, mmap=True)["module"]
     shutil.rmtree(ckpts)  # ~5 GB, not needed past here
-    # the trained (fp32) weights as the bf16 export holds them
+    # the trained (fp32) weights as the bf16 export holds them, copied in place (no second 2 GB dict)
     trained = MobileVLM.from_pretrained(student)
-    trained.load_state_dict({k[len("student."):]: v.to(torch.bfloat16).float() for k, v in module.items()
-                             if k.startswith("student.")}, strict=True)
-    del module
+    own = trained.state_dict()
+    assert {f"student.{k}" for k in own} == {k for k in module if k.startswith("student.")}
+    with torch.no_grad():
+        for k, v in own.items():
+            src = module[f"student.{k}"]
+            v.copy_(src.to(torch.bfloat16) if src.is_floating_point() else src)
+    del module, own
     rows = manifest_rows(out / "manifest.parquet", "short", 1)
     want = logits(trained, rows)
     del trained
     got = logits(MobileVLM.from_pretrained(final), rows)
     assert got.shape[-1] == 32000 and torch.equal(got, want), (got - want).abs().max()
+    lap("reload and compare logits")
+    # seen with `pytest -s`; docs/release_checkpoints.md quotes them
+    print("\n[real-width slice] " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
+          + f"; total {sum(times.values()):.0f} s")
+    print("[real-width slice] disk: " + ", ".join(f"{k} {v / 1e6:,.0f} MB" for k, v in disk.items()))

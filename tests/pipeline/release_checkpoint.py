@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from pipeline.models import MobileVLM, MobileVLMConfig
-from pipeline.models.checkpoint import OURS_VISION, RELEASED_VISION, from_released, read_state_dict, to_released, write_state_dict
+from pipeline.models.checkpoint import (OURS_VISION, RELEASED_VISION, from_released, read_state_dict, to_released,
+                                       write_state_dict)
 from pipeline.models.config import DEFAULT_GRID, projector_grid
 from tests.pipeline.release_tokenizer import write_release_tokenizer
 
@@ -57,7 +58,12 @@ def write_release_checkpoint(path: Path, cfg: MobileVLMConfig, sp_model: bytes, 
     written as a release into `path` in `shards` bf16 .bin files."""
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = MobileVLM(cfg)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # built in the released dtype: half the memory of an fp32 build
+    try:
+        model = MobileVLM(cfg)
+    finally:
+        torch.set_default_dtype(default)
     if tower_from is not None:
         sd = from_released(read_state_dict(tower_from))
         model.vision_tower.vision_tower.load_state_dict(
