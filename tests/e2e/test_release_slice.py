@@ -11,7 +11,7 @@ The shapes are `benchmarks.cache_size`'s slice (its builder, with the student at
 weights are random. 3 samples, one optimiser step, no checkpoint but the one the export reads
 (train.save_every 0, keep_checkpoints 1), everything deleted at the end.
 
-Opt-in (~7 minutes and 9.4 GB of disk on a 2-core CPU machine, docs/release_checkpoints.md); `-s`
+Opt-in (5-7 minutes and 9.4 GB of disk on a 2-core CPU machine, docs/release_checkpoints.md); `-s`
 shows the time of each step and the bytes on disk:
     ALIGNKD_REAL_WIDTH=1 python -m pytest -q -s tests/e2e/test_release_slice.py
 """
