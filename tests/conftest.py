@@ -26,6 +26,16 @@ def toy_vision_dir(tmp_path_factory) -> "object":
     return write_vision_tower(tmp_path_factory.mktemp("clip_toy"))
 
 
+@pytest.fixture(scope="session")
+def sp_model() -> bytes:
+    """A SentencePiece model with LLaMA's settings and SP_VOCAB pieces (tests.pipeline.release_tokenizer),
+    trained once per session: the vocabulary of every release-layout test directory."""
+    pytest.importorskip("sentencepiece")  # an alignkd dependency; the skip only shows a broken install
+    from tests.pipeline.release_tokenizer import SP_VOCAB, train_sentencepiece
+
+    return train_sentencepiece(SP_VOCAB)
+
+
 @pytest.fixture
 def tiny_vlm(toy_vision_dir, seed):
     """The toy student (2 x 128, 4 heads, 64 vision tokens, vocab 100), fp32, seeded, eval mode."""

@@ -18,19 +18,19 @@ from alignkd.cli import app
 from pipeline.models import MobileVLM
 from pipeline.models.presets import toy_student_config
 from tests.pipeline.data_fixtures import qa, write_json, write_png, write_workflow
-from tests.pipeline.release_tokenizer import train_sentencepiece, write_release_tokenizer
+from tests.pipeline.release_tokenizer import SP_VOCAB, write_release_tokenizer
 
 pytest.importorskip("sentencepiece")
-VOCAB = 400
+VOCAB = SP_VOCAB
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, toy_vision_dir) -> dict[str, Path]:
+def setup(tmp_path_factory, toy_vision_dir, sp_model) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("release_cli")
     torch.manual_seed(0)
     model = root / "model"
     MobileVLM(toy_student_config(VOCAB, toy_vision_dir, grid=4)).save_pretrained(model)
-    write_release_tokenizer(model, train_sentencepiece(VOCAB))
+    write_release_tokenizer(model, sp_model)
     img = root / "img"
     for i, c in enumerate([(200, 30, 30), (30, 30, 200)]):
         write_png(img / f"{i}.png", c, size=24)

@@ -16,6 +16,7 @@ from pipeline.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDE
 from pipeline.templates import V1_SYSTEM
 
 BOS, EOS = 1, 2
+SP_VOCAB = 400  # pieces of the session's `sp_model` fixture (tests/conftest.py)
 SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ze", "qu", "ba", "do", "fe", "gi", "ho")
 
 

@@ -20,17 +20,12 @@ from pipeline.preflight import ModelInfo, check_vocab
 from pipeline.tokenizer_load import TokenizerLoadError, load_tokenizer, tokenizer_dir_for
 from pipeline.workflow import load_workflow
 from tests.pipeline.data_fixtures import caption, qa, write_json, write_png, write_workflow
-from tests.pipeline.release_tokenizer import mobilevlm_encode, train_sentencepiece, write_release_tokenizer
+from tests.pipeline.release_tokenizer import SP_VOCAB, mobilevlm_encode, train_sentencepiece, write_release_tokenizer
 
 spm = pytest.importorskip("sentencepiece")  # an alignkd dependency; the skip only shows a broken install
 
-VOCAB = 400
+VOCAB = SP_VOCAB  # the session's `sp_model` (tests/conftest.py)
 N_VISION = 16
-
-
-@pytest.fixture(scope="module")
-def sp_model() -> bytes:
-    return train_sentencepiece(VOCAB)
 
 
 @pytest.fixture(scope="module")
