@@ -20,7 +20,7 @@ def probe(
     import torch
     from PIL import Image
     from alignkd.tokenizer_arg import cli_tokenizer
-    from pipeline.analysis.layer_probe import LayerProbe
+    from evaluation.layer_probe import LayerProbe
     from pipeline.models import MobileVLM, preprocess_image
     from pipeline.templates import encode_conversation
     from pipeline.tokenizer_load import tokenizer_dir_for

@@ -21,7 +21,7 @@ def seed() -> int:
 @pytest.fixture(scope="session")
 def toy_vision_dir(tmp_path_factory) -> "object":
     """A directory holding the toy CLIP vision config (a local `mm_vision_tower`)."""
-    from pipeline.models.presets import write_vision_tower
+    from toy_world.presets import write_vision_tower
 
     return write_vision_tower(tmp_path_factory.mktemp("clip_toy"))
 
@@ -30,7 +30,7 @@ def toy_vision_dir(tmp_path_factory) -> "object":
 def tiny_vlm(toy_vision_dir, seed):
     """The toy student (2 x 128, 4 heads, 64 vision tokens, vocab 100), fp32, seeded, eval mode."""
     from pipeline.models import MobileVLM
-    from pipeline.models.presets import toy_student_config
+    from toy_world.presets import toy_student_config
 
     return MobileVLM(toy_student_config(100, toy_vision_dir)).eval()
 

@@ -36,7 +36,7 @@ development world workflows/toy_dev.yaml (seed 1), measured on this project's 2-
   students see Short once (75 + 106 steps); the Short dump is 2,900 samples (~1 min).
 * 1,400 eval questions (200 per task type) on 500 held-out images, and one description per
   held-out image for image use: with 350 one model's accuracy had ±2.5 points of standard error;
-  every comparison is now a paired bootstrap interval (`pipeline.paired`), which resolves ~2 points.
+  every comparison is now a paired bootstrap interval (`evaluation.paired`), which resolves ~2 points.
 * task difficulty (see `tasks.py`): colour/shape/size of a named object need one object's
   features, but counting, position, binding (hard-negative "is there a red square?") and size
   comparison need the text to attend to the right vision tokens.
@@ -73,7 +73,7 @@ from toy_world.generate import (
     render_images,
     tokenizer_corpus,
 )
-from pipeline.models.presets import toy_vision_config
+from toy_world.presets import toy_vision_config
 from toy_world.records import Draft, fit_turns, prefixes
 from toy_world.tower import pretrain_tower
 from pipeline.workflow import Workflow

@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipeline.models import MobileVLM
 from pipeline.models.original_compat import OriginalIncompatibleWarning
-from pipeline.models.presets import toy_student_config
+from toy_world.presets import toy_student_config
 from tests.pipeline.data_fixtures import make_tokenizer, qa
 
 QUESTIONS = ["What colour is the square?", "How many circles are there?", "Where is the triangle?",

@@ -19,7 +19,7 @@ import yaml
 
 from alignkd_harness.compare import _jsonl, compare, samples_file
 from alignkd_harness.lmms_task import write_task
-from pipeline.evaluation import evaluate, write_predictions
+from evaluation.heldout import evaluate, write_predictions
 from pipeline.models import MobileVLM
 from pipeline.tokenizer_load import load_tokenizer
 from tests.alignkd_harness.harness_fixtures import write_checkpoint, write_records

@@ -49,7 +49,7 @@ def test_packed_qa_and_answer_accuracy(tmp_path):
     tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
     model = MobileVLM.from_pretrained(world / "student_init")
     evals = json.loads((world / "data" / "eval.json").read_text())[:12]
-    from pipeline.evaluation import _load
+    from evaluation.heldout import _load
 
     image = lambda rel: _load(world / "images" / rel, model)  # noqa: E731
     for swap in (False, True):

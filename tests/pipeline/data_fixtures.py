@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from PIL import Image
 
-from pipeline.data.tokenizer import train_tokenizer
+from toy_world.tokenizer import train_tokenizer
 from pipeline.templates import V1_SYSTEM
 
 # Words the tests use, so the tiny vocabulary has whole-word pieces for most of them; other text

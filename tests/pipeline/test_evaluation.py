@@ -1,4 +1,4 @@
-"""pipeline.evaluation on a real tiny MobileVLM and a locally trained tokenizer, against slow
+"""evaluation.heldout on a real tiny MobileVLM and a locally trained tokenizer, against slow
 references written out independently:
 
 * `evaluate` (batched, length-sorted, right-padded greedy generation with the KV cache) gives the
@@ -28,9 +28,9 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from pipeline.constants import IGNORE_INDEX
-from pipeline.evaluation import Prediction, evaluate, image_use, normalise, summarise, write_predictions, with_other_images
+from evaluation.heldout import Prediction, evaluate, image_use, normalise, summarise, write_predictions, with_other_images
 from pipeline.models import MobileVLM, preprocess_image
-from pipeline.models.presets import toy_student_config
+from toy_world.presets import toy_student_config
 from pipeline.templates import encode_conversation, encode_prompt
 from tests.pipeline.data_fixtures import caption, make_tokenizer, qa
 

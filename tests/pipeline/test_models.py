@@ -11,7 +11,7 @@ from transformers import CLIPVisionModel
 
 from pipeline.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from pipeline.models import MobileVLM, preprocess_image, resolve_vision_config
-from pipeline.models import presets
+from toy_world import presets
 from pipeline.models.image import CLIP_MEAN, CLIP_STD
 
 I, X = IMAGE_TOKEN_INDEX, IGNORE_INDEX

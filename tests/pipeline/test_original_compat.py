@@ -20,14 +20,14 @@ from PIL import Image
 
 from pipeline.models import MobileVLM
 from pipeline.models.original_compat import OriginalIncompatibleWarning, legacy_config_keys
-from pipeline.models.presets import toy_student_config
+from toy_world.presets import toy_student_config
 
 TEXTS = ["the red circle is at the top left", "what colour is the square? blue", "USER: ASSISTANT: yes no"]
 
 
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory) -> Path:
-    from pipeline.data.tokenizer import train_tokenizer
+    from toy_world.tokenizer import train_tokenizer
 
     d = tmp_path_factory.mktemp("tok")
     train_tokenizer(TEXTS * 5, 140, d)
@@ -133,7 +133,7 @@ def _model_info(path: Path):
     """`alignkd model info PATH` in-process (the typer app itself; stderr kept apart)."""
     from typer.testing import CliRunner
 
-    from pipeline.model_cli import app
+    from alignkd.model_cmd import app
 
     return CliRunner().invoke(app, ["info", str(path)])
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.models import presets
+from toy_world import presets
 from pipeline.models.projector import CLIPVisionTower
 from toy_world.generate import WorldSpec, make_scenes, render_images
 from toy_world.render import object_labels
