@@ -7,7 +7,7 @@ import torch
 
 from pipeline.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from pipeline.models import CaptureSpec, MobileVLM
-from pipeline.models.presets import toy_student_config, toy_teacher_config
+from toy_world.presets import toy_student_config, toy_teacher_config
 from pipeline.targets import focus_indices, sparse_topk
 from pipeline.workflow import LossConfig
 from student_train.adapters import Adapters
