@@ -25,7 +25,7 @@ class _App(typer.Typer):
     def __call__(self, *args, **kwargs):
         try:
             return super().__call__(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 — sorted into the user's and ours below
+        except Exception as exc:
             msg = user_message(exc)
             if msg is None or debug_enabled():
                 raise

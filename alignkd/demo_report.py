@@ -8,8 +8,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 MODELS = ("teacher", "sft", "alignkd")
 LABELS = {"teacher": "toy teacher (sft)", "sft": "SFT student", "alignkd": "Align-KD student"}

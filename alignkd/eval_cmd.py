@@ -60,7 +60,7 @@ def eval_model(
             summary["image_use"] = image_use(m, tok, caps, wf.data.eval_captions.image_root,
                                              wf.data.eval_captions.template, batch_size or wf.eval.batch_size)
     if teacher is not None:
-        from evaluation.transfer import transfer_metrics  # noqa: PLC0415
+        from evaluation.transfer import transfer_metrics
 
         summary["transfer"] = {"teacher": str(teacher), **transfer_metrics(
             m, MobileVLM.from_pretrained(teacher), tok, records, wf.data.eval.image_root, wf.data.eval.template,
@@ -92,7 +92,7 @@ def eval_model(
 
 def compare_predictions(preds: list, other: Path) -> dict:
     """Paired bootstrap of (this model − the model of `other` predictions.jsonl) on the same questions."""
-    from evaluation.paired import correctness, paired_diff  # noqa: PLC0415
+    from evaluation.paired import correctness, paired_diff
 
     try:
         rows = [json.loads(line) for line in other.read_text().splitlines() if line.strip()]

@@ -19,6 +19,7 @@ def probe(
     """Adjacent-layer cosine similarity and vision–text similarity/distance per layer → CSV + PNG."""
     import torch
     from PIL import Image
+
     from alignkd.tokenizer_arg import cli_tokenizer
     from evaluation.layer_probe import LayerProbe
     from pipeline.models import MobileVLM, preprocess_image

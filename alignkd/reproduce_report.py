@@ -86,14 +86,14 @@ def aggregate(runs: list) -> tuple[dict, list[str]]:
 def _paired_ci(runs: list, sft_runs: list, done: set[str]) -> list[float] | None:
     """95% paired bootstrap interval of (preset − SFT) exact match over seeds (the seeds both have)
     and questions (the same held-out questions): [lo, hi], or None without predictions."""
-    from evaluation.paired import correctness, paired_diff  # noqa: PLC0415
+    from evaluation.paired import correctness, paired_diff
 
     sft = {r.seed: r for r in sft_runs if r.name in done}
     pairs = [(r, sft[r.seed]) for r in runs if r.name in done and r.seed in sft]
     files = [(r.dir / "eval" / "predictions.jsonl", b.dir / "eval" / "predictions.jsonl") for r, b in pairs]
     if not files or not all(a.is_file() and b.is_file() for a, b in files):
         return None
-    read = lambda f: [json.loads(x) for x in f.read_text().splitlines() if x.strip()]  # noqa: E731
+    read = lambda f: [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
     ids, _ = correctness(read(files[0][1]))
     a = [correctness(read(fa), ids)[1] for fa, _ in files]
     b = [correctness(read(fb), ids)[1] for _, fb in files]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.constants import IMAGE_PLACEHOLDER
 from evaluation.heldout import generate_answers
+from pipeline.constants import IMAGE_PLACEHOLDER
 from pipeline.models import MobileVLM
 from pipeline.tokenizer_load import has_tokenizer, load_tokenizer
 

@@ -161,8 +161,8 @@ def first_answer_tokens(model, tok, records: list[dict], image: Callable[[str], 
                         batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """(predicted, target) first answer token of each one-word eval record [N], teacher-forced in
     one forward per batch; `swap`: each record gets the next record's image (rolled in its batch)."""
-    from pipeline.constants import IGNORE_INDEX
     from evaluation.heldout import pad_encoded
+    from pipeline.constants import IGNORE_INDEX
     from pipeline.templates import encode_conversation
 
     model.eval()

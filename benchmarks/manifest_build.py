@@ -62,8 +62,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from pipeline.data.manifest import build_manifest
-    from toy_world.tokenizer import train_tokenizer
     from pipeline.workflow import load_workflow
+    from toy_world.tokenizer import train_tokenizer
 
     data = write_synthetic(args.out, args.records)
     tok = args.tokenizer

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.constants import IMAGE_TOKEN_INDEX
-from toy_world.tokenizer import train_tokenizer
 from pipeline.templates import V1_SYSTEM, render
+from toy_world.tokenizer import train_tokenizer
 
 # the fixed text of the v1 template, fed to the tokenizer with every fine-tuning record so that
 # the system prompt and the role tags become a few tokens each (as they are for LLaMA's)

@@ -82,7 +82,7 @@ def write_vision_tower(path: str | Path, vision_config: CLIPVisionConfig | None 
 
 
 def _tower_arg(vision_tower_dir: str | Path) -> tuple[str, int]:
-    from pipeline.models.config import read_vision_config  # noqa: PLC0415
+    from pipeline.models.config import read_vision_config
 
     p = Path(vision_tower_dir).resolve()
     return str(p), read_vision_config(str(p / "config.json")).hidden_size

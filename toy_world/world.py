@@ -61,6 +61,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline.workflow import Workflow
 from toy_world import assets, stats
 from toy_world.generate import (
     WorldError,
@@ -76,7 +77,6 @@ from toy_world.generate import (
 from toy_world.presets import toy_vision_config
 from toy_world.records import Draft, fit_turns, prefixes
 from toy_world.tower import pretrain_tower
-from pipeline.workflow import Workflow
 
 WORLD_JSON = "world.json"
 
@@ -136,7 +136,7 @@ def spec_diff(out: Path, spec: WorldSpec) -> str:
 
 def _generate(spec: WorldSpec, d: Path, log_: Callable[[str], None]) -> dict:
     t0 = time.perf_counter()
-    log = lambda s: log_(f"[{time.perf_counter() - t0:5.1f} s] {s}")  # noqa: E731
+    log = lambda s: log_(f"[{time.perf_counter() - t0:5.1f} s] {s}")
     train, held = make_scenes(spec)
     (d / "images").mkdir()
     for name, png in render_images(spec, train + held):

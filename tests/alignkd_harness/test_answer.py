@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from alignkd_harness.answer import Answerer, HarnessRequestError, Request, conversation, cut_at
-from alignkd_harness.compare import compare, main as compare_main
+from alignkd_harness.compare import compare
+from alignkd_harness.compare import main as compare_main
 from alignkd_harness.lmms_task import documents, write_task
 from alignkd_harness.task_utils import doc_to_text, doc_to_visual, process_results
 from evaluation.heldout import evaluate

@@ -20,8 +20,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.models import CLIP_L14_336
-from toy_world import presets
 from tests.pipeline.data_fixtures import caption, make_tokenizer, qa, write_json
+from toy_world import presets
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW = REPO / "workflows" / "mobilevlm_v2.yaml"

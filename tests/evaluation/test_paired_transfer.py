@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer
 
+from evaluation.paired import correctness, fmt_diff, paired_diff
 from evaluation.transfer import transfer_metrics
 from pipeline.constants import IGNORE_INDEX
 from pipeline.models import MobileVLM, preprocess_image
-from toy_world.presets import toy_student_config, toy_teacher_config
-from evaluation.paired import correctness, fmt_diff, paired_diff
 from pipeline.templates import encode_conversation
 from tests.pipeline.data_fixtures import make_tokenizer, qa
+from toy_world.presets import toy_student_config, toy_teacher_config
 
 
 def test_paired_diff_known_cases():
