@@ -1,6 +1,6 @@
 # alignkd — every target creates and fills .venv itself when it is missing.
 #   make demo                      the whole pipeline end to end on the embedded toy world
-#   make test                      the full test suite (what CI runs)
+#   make test                      ruff, then the full test suite (what CI runs)
 #   make teacher-cache [SUBSET=short|long] [WORKFLOW=...]
 #   make student-train [SUBSET=short|long] [WORKFLOW=...]
 VENV     ?= .venv
@@ -23,10 +23,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
+# lint first (ruff, configured in pyproject.toml; about a second), then the tests
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)

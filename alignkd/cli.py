@@ -12,9 +12,8 @@ import traceback
 
 import typer
 
-from alignkd import cache_cmd, demo_cmd, eval_cmd, probe_cmd, reproduce_cmd
+from alignkd import cache_cmd, data_cmd, demo_cmd, eval_cmd, model_cmd, probe_cmd, reproduce_cmd
 from alignkd.errors import debug_enabled, user_message
-from pipeline import data_cli, model_cli
 from student_train import cli as student_cli
 from teacher_dump import cli as teacher_cli
 from toy_world import cli as toy_cli
@@ -26,7 +25,7 @@ class _App(typer.Typer):
     def __call__(self, *args, **kwargs):
         try:
             return super().__call__(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 — sorted into the user's and ours below
+        except Exception as exc:
             msg = user_message(exc)
             if msg is None or debug_enabled():
                 raise
@@ -51,8 +50,8 @@ def _main(debug: bool = typer.Option(False, "--debug", help="show the full trace
 
 
 app.add_typer(toy_cli.app, name="toy", help="Generate the embedded toy world (images, data, tokenizer, tiny models).")
-app.add_typer(data_cli.app, name="data", help="Build the manifest (Short/Long subsets) from LLaVA-format JSON.")
-app.add_typer(model_cli.app, name="model", help="Inspect and smoke-test MobileVLM checkpoints.")
+app.add_typer(data_cmd.app, name="data", help="Build the manifest (Short/Long subsets) from LLaVA-format JSON.")
+app.add_typer(model_cmd.app, name="model", help="Inspect and smoke-test MobileVLM checkpoints.")
 app.add_typer(cache_cmd.app, name="cache", help="Inspect, list and verify a teacher cache (zarr).")
 app.command("teacher-dump")(teacher_cli.teacher_dump)
 app.command("student-train")(student_cli.student_train)

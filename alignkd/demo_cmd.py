@@ -128,7 +128,7 @@ def prepare_teacher(run: StepRunner, wf, w: str) -> None:
         run("train the toy teacher (sft, fine-tuning stage)",
             ["student-train", *common, "--stage", "finetune", "--max-steps", str(d.teacher_finetune_steps)])
         shutil.copytree(t_run / "finetune" / "final", wf.models.teacher)
-        from pipeline.models.original_compat import point_vision_tower  # noqa: PLC0415  (torch: not at CLI start)
+        from pipeline.models.original_compat import point_vision_tower  # torch: not at CLI start
 
         point_vision_tower(Path(wf.models.teacher))  # the copy's own tower, not the training run's
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 MODELS = ("teacher", "sft", "alignkd")
 LABELS = {"teacher": "toy teacher (sft)", "sft": "SFT student", "alignkd": "Align-KD student"}
@@ -30,7 +30,7 @@ COMPARISONS = (("teacher", "sft"), ("alignkd", "sft"), ("teacher", "alignkd"))
 
 def paired_comparisons(report: Path) -> dict[str, dict]:
     """{"a-b": paired_diff} of exact match from the models' predictions.jsonl (same questions)."""
-    from pipeline.paired import correctness, paired_diff
+    from evaluation.paired import correctness, paired_diff
 
     preds = {m: _read_jsonl(report / "eval" / m / "predictions.jsonl") for m in MODELS}
     ids, _ = correctness(preds["sft"])
@@ -81,7 +81,7 @@ def write_report(report: Path, models: dict[str, Path], students: Path, heatmaps
     for m in MODELS:
         cells = [f"{acc[m]['per_task'].get(t, {}).get('acc', float('nan')):.3f}" for t in tasks]
         rows.append(f"| {LABELS[m]} | **{acc[m]['overall']:.3f}** | " + " | ".join(cells) + " |")
-    from pipeline.paired import fmt_diff
+    from evaluation.paired import fmt_diff
 
     cmp = paired_comparisons(report)
     verdict = (f"Differences in points of exact match on the same {acc['sft']['n']} held-out questions, with paired "

@@ -22,8 +22,8 @@ def eval_model(
 ) -> None:
     """Evaluate MODEL on the workflow's held-out split; writes predictions.jsonl and summary.json."""
     from alignkd.tokenizer_arg import cli_tokenizer
-    from pipeline.evaluation import evaluate, image_use, summarise, with_other_images, write_predictions
-    from pipeline.paired import paired_diff
+    from evaluation.heldout import evaluate, image_use, summarise, with_other_images, write_predictions
+    from evaluation.paired import paired_diff
     from pipeline.models import MobileVLM
     from pipeline.tokenizer_load import tokenizer_dir_for
     from pipeline.workflow import load_workflow
@@ -60,7 +60,7 @@ def eval_model(
             summary["image_use"] = image_use(m, tok, caps, wf.data.eval_captions.image_root,
                                              wf.data.eval_captions.template, batch_size or wf.eval.batch_size)
     if teacher is not None:
-        from pipeline.analysis.transfer import transfer_metrics  # noqa: PLC0415
+        from evaluation.transfer import transfer_metrics
 
         summary["transfer"] = {"teacher": str(teacher), **transfer_metrics(
             m, MobileVLM.from_pretrained(teacher), tok, records, wf.data.eval.image_root, wf.data.eval.template,
@@ -92,7 +92,7 @@ def eval_model(
 
 def compare_predictions(preds: list, other: Path) -> dict:
     """Paired bootstrap of (this model − the model of `other` predictions.jsonl) on the same questions."""
-    from pipeline.paired import correctness, paired_diff  # noqa: PLC0415
+    from evaluation.paired import correctness, paired_diff
 
     try:
         rows = [json.loads(line) for line in other.read_text().splitlines() if line.strip()]

@@ -19,8 +19,9 @@ def probe(
     """Adjacent-layer cosine similarity and vision–text similarity/distance per layer → CSV + PNG."""
     import torch
     from PIL import Image
+
     from alignkd.tokenizer_arg import cli_tokenizer
-    from pipeline.analysis.layer_probe import LayerProbe
+    from evaluation.layer_probe import LayerProbe
     from pipeline.models import MobileVLM, preprocess_image
     from pipeline.templates import encode_conversation
     from pipeline.tokenizer_load import tokenizer_dir_for

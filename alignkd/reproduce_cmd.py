@@ -108,7 +108,7 @@ def reproduce(
             "subsets": subsets_, "budget": budget, "jobs": jobs, "git": _git_state(),
             "ablation_subset": cfg.ablation_subset, "prerequisites": prerequisites(wf, workflow, todo, derived, out)}
     meta["samples"] = _subset_sizes(wf, list(dict.fromkeys(r.subset for r in runs)))
-    report = lambda: write_report(out, runs, meta, time.perf_counter() - t_start)  # noqa: E731
+    report = lambda: write_report(out, runs, meta, time.perf_counter() - t_start)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # `kill <pid>` stops the runs like Ctrl-C does
     try:

@@ -65,7 +65,7 @@ def aggregate(runs: list) -> tuple[dict, list[str]]:
             "subset": rs[0].subset, "preset": rs[0].preset, "seeds": [seed for seed, _ in got], "n_planned": len(rs),
             "overall": _stats([s["overall"] for _, s in got]),
             "per_task": {t: _stats([s["per_task"][t]["acc"] for _, s in got if t in s["per_task"]]) for t in tasks},
-            # nats/token the held-out caption loss rises with another image (pipeline.evaluation.image_use)
+            # nats/token the held-out caption loss rises with another image (evaluation.heldout.image_use)
             "image_use_gap": _stats([s["image_use"]["gap"] for _, s in got if "image_use" in s]),
         }
     for key, res in results.items():  # Δ to the SFT student of the same subset, paired by seed
@@ -86,14 +86,14 @@ def aggregate(runs: list) -> tuple[dict, list[str]]:
 def _paired_ci(runs: list, sft_runs: list, done: set[str]) -> list[float] | None:
     """95% paired bootstrap interval of (preset − SFT) exact match over seeds (the seeds both have)
     and questions (the same held-out questions): [lo, hi], or None without predictions."""
-    from pipeline.paired import correctness, paired_diff  # noqa: PLC0415
+    from evaluation.paired import correctness, paired_diff
 
     sft = {r.seed: r for r in sft_runs if r.name in done}
     pairs = [(r, sft[r.seed]) for r in runs if r.name in done and r.seed in sft]
     files = [(r.dir / "eval" / "predictions.jsonl", b.dir / "eval" / "predictions.jsonl") for r, b in pairs]
     if not files or not all(a.is_file() and b.is_file() for a, b in files):
         return None
-    read = lambda f: [json.loads(x) for x in f.read_text().splitlines() if x.strip()]  # noqa: E731
+    read = lambda f: [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
     ids, _ = correctness(read(files[0][1]))
     a = [correctness(read(fa), ids)[1] for fa, _ in files]
     b = [correctness(read(fb), ids)[1] for _, fb in files]
@@ -182,9 +182,9 @@ def write_report(out: Path, runs: list, meta: dict, seconds: float) -> str:
         f"{seeds} (`seeds`: finished/planned). Δ vs SFT: the difference from the SFT-only student of the same "
         "subset, paired by seed, with its 95% paired bootstrap interval over seeds and questions in brackets. "
         "*RKL to teacher* (nats per answer token) and *T→V attn r* (head-averaged first-layer text→vision "
-        "attention vs the teacher's): transfer measured without accuracy (`pipeline.analysis.transfer`). "
+        "attention vs the teacher's): transfer measured without accuracy (`evaluation.transfer`). "
         "*image-use gap*: how much the loss on held-out image descriptions (nats/token) rises when the "
-        "model is shown another image (0: image-blind; `pipeline.evaluation.image_use`). "
+        "model is shown another image (0: image-blind; `evaluation.heldout.image_use`). "
         "*paper Avg.* is the paper's average over its six benchmarks (MobileVLM V2 "
         "1.7B students of a 7B teacher): compare the direction of each effect, not the value.", "",
     ]

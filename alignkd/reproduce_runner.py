@@ -114,7 +114,7 @@ def run_all(todo: list[Run], total: int, jobs: int, max_steps: int, eval_limit: 
             on_done) -> list[dict]:
     """Run `todo` on `jobs` workers, `on_done()` after each; returns the failed runs' records."""
     env, t0 = _env(), time.perf_counter()
-    say = lambda msg: typer.echo(f"[reproduce {_fmt(time.perf_counter() - t0)}] {msg}", err=True)  # noqa: E731
+    say = lambda msg: typer.echo(f"[reproduce {_fmt(time.perf_counter() - t0)}] {msg}", err=True)
     started: dict[str, float] = {}  # run name -> when a worker took it
 
     def job(r: Run) -> dict:

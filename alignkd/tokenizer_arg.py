@@ -10,7 +10,7 @@ import typer
 
 def cli_tokenizer(directory: str | Path, option: str = "--tokenizer") -> Any:
     """pipeline.tokenizer_load.load_tokenizer, with its TokenizerLoadError as a usage error."""
-    from pipeline.tokenizer_load import TokenizerLoadError, load_tokenizer  # noqa: PLC0415
+    from pipeline.tokenizer_load import TokenizerLoadError, load_tokenizer
 
     try:
         return load_tokenizer(directory)

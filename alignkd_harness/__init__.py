@@ -1,7 +1,7 @@
 """alignkd checkpoints in a standard benchmark harness (the optional extra `pip install -e '.[harness]'`).
 
     answer.py      the harness-independent part: a model + tokenizer answering harness requests
-                   (context text, images, generation kwargs) through pipeline.evaluation's one
+                   (context text, images, generation kwargs) through evaluation.heldout's one
                    generation path, so that a harness and `alignkd eval` give the same answers
     lmms_model.py  lmms-eval's model class (`--model alignkd`), registered through the entry point
                    in pyproject.toml (lmms_plugin.py)

@@ -4,7 +4,7 @@ A harness hands over, per question, a context string (the question text as the b
 it), the question's images and its generation kwargs. Here the context becomes the one human turn
 of a LLaVA conversation (with "<image>\\n" in front when there is an image and the context has no
 placeholder of its own), rendered with the checkpoint's conversation template (v1, MobileVLM's)
-and answered greedily by `pipeline.evaluation.generate_answers`: the path of `alignkd eval`.
+and answered greedily by `evaluation.heldout.generate_answers`: the path of `alignkd eval`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from evaluation.heldout import generate_answers
 from pipeline.constants import IMAGE_PLACEHOLDER
-from pipeline.evaluation import generate_answers
 from pipeline.models import MobileVLM
 from pipeline.tokenizer_load import has_tokenizer, load_tokenizer
 

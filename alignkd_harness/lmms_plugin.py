@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 def manifest():
-    from lmms_eval.models.registry_v2 import ModelManifest  # noqa: PLC0415  (only under lmms-eval)
+    from lmms_eval.models.registry_v2 import ModelManifest  # only under lmms-eval
 
     return ModelManifest(model_id="alignkd", simple_class_path="alignkd_harness.lmms_model.AlignKDMobileVLM",
                          aliases=("alignkd_mobilevlm",))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from pipeline.evaluation import normalise
+from evaluation.heldout import normalise
 
 
 def doc_to_visual(doc: dict) -> list:
@@ -27,7 +27,7 @@ def doc_to_target(doc: dict) -> str:
 
 
 def process_results(doc: dict, results: list[str]) -> dict:
-    """`alignkd eval`'s exact match (pipeline.evaluation.normalise: case, surrounding space and
+    """`alignkd eval`'s exact match (evaluation.heldout.normalise: case, surrounding space and
     trailing punctuation), overall and for the record's task type."""
     correct = float(normalise(results[0]) == normalise(doc["answer"]))
     return {"exact_match": correct, f"exact_match_{doc['task']}": correct}

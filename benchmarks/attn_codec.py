@@ -151,7 +151,7 @@ def toy_attention(teacher_dir: str, student_dir: str, world: Path, n_records: in
     from PIL import Image
     from transformers import AutoTokenizer
 
-    from pipeline.evaluation import pad_encoded
+    from evaluation.heldout import pad_encoded
     from pipeline.models import CaptureSpec, MobileVLM, preprocess_image
     from pipeline.templates import encode_conversation
 

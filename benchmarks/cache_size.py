@@ -77,7 +77,7 @@ def tiny_setting(n_samples: int, batch: int) -> Setting:
 @torch.inference_mode()
 def teacher_targets(s: Setting, seed: int = 0, log=print) -> tuple[MobileVLM, list, list, dict]:
     """Build the random slice and reduce its outputs exactly as the dump does → (teacher, samples, images, timing)."""
-    from pipeline.models.presets import write_vision_tower
+    from toy_world.presets import write_vision_tower
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cache_size_tower_") as vt:

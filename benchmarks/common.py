@@ -113,7 +113,7 @@ def transient_peak(fn: Callable[[], Any], device: torch.device | str) -> tuple[i
                 cur -= size
             peak = max(peak, cur)
         return peak, "torch.profiler memory timeline (CPU tensor allocations)"
-    except Exception as exc:  # a private API: degrade to "not measured" rather than fail the run
+    except Exception as exc:  # noqa: BLE001 — a private API: degrade to "not measured" rather than fail the run
         fn()
         return None, f"not measured ({type(exc).__name__}: {exc})"
 

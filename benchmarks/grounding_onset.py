@@ -11,7 +11,7 @@ with `--turns` one-word questions about one image per record (`--data qa-packed`
 LLaVA-1.5 packs one image's VQAv2/GQA questions into one conversation the same way) with AdamW,
 batch `--batch`, one thread, and every `--every` steps prints the held-out loss of 64 records the
 loop never trains on, with each record's own image and with another record's image
-(`pipeline.evaluation.image_use`). The gap between them is ~0 while the model is image-blind and
+(`evaluation.heldout.image_use`). The gap between them is ~0 while the model is image-blind and
 rises when it starts reading the image: the "onset" the toy world's docstring and the demo's
 learning rates refer to.
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from transformers import AutoTokenizer
 
-    from pipeline.evaluation import image_use, pad_encoded
+    from evaluation.heldout import image_use, pad_encoded
     from pipeline.models import MobileVLM, preprocess_image
     from pipeline.templates import encode_conversation
 
@@ -161,8 +161,8 @@ def first_answer_tokens(model, tok, records: list[dict], image: Callable[[str], 
                         batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """(predicted, target) first answer token of each one-word eval record [N], teacher-forced in
     one forward per batch; `swap`: each record gets the next record's image (rolled in its batch)."""
+    from evaluation.heldout import pad_encoded
     from pipeline.constants import IGNORE_INDEX
-    from pipeline.evaluation import pad_encoded
     from pipeline.templates import encode_conversation
 
     model.eval()

@@ -21,12 +21,13 @@ def _v1_deps_or_stand_ins() -> str:
     import, stand-ins that refuse to be built are registered: an `ldpnetv2` checkpoint never
     builds them, a V1 one fails loudly."""
     try:
+        # imported only to learn whether they import
         from timm.layers.norm_act import LayerNormAct2d  # noqa: F401
         from torchvision.models.mobilenetv3 import InvertedResidual  # noqa: F401
         from torchvision.ops.misc import SqueezeExcitation  # noqa: F401
 
         return "timm + torchvision"
-    except Exception:
+    except Exception:  # noqa: BLE001 — ImportError, or a broken install (a torchvision built for another torch)
         def refuse(name):
             def __init__(self, *a, **k):
                 raise RuntimeError(f"{name}: timm / torchvision are not installed (the V1 ldpnet projector needs them)")
@@ -47,7 +48,8 @@ def _v1_deps_or_stand_ins() -> str:
 
 def main(src: str, ckpt: str, questions: str, out: str, max_new: int) -> None:
     sys.path.insert(0, src)  # a checkout of Meituan-AutoML/MobileVLM
-    from transformers import AutoTokenizer  # first: it probes for timm / torchvision with importlib, which stand-ins fail
+    # transformers first: it probes for timm / torchvision with importlib, which stand-ins fail
+    from transformers import AutoTokenizer
 
     v1_deps = _v1_deps_or_stand_ins()
 

@@ -87,7 +87,7 @@ def storage_table(s: dict) -> list[str]:
            "| target | naive MB/sample | default MB/sample | vs naive | lossless MB/sample | default error |", "|---|---|---|---|---|---|"]
     for tgt in ("attention", "logits", "vision"):
         d, l = real["targets"][tgt][real["defaults"][tgt]], real["targets"][tgt][real["lossless"][tgt]]
-        b = lambda r: r.get("bytes_per_sample", r.get("bytes_per_image"))  # noqa: E731
+        b = lambda r: r.get("bytes_per_sample", r.get("bytes_per_image"))
         err = ", ".join(f"{k} {v:.2g}" for k, v in d["errors"].items())
         out.append(f"| {tgt} ({real['defaults'][tgt]}) | {naive[tgt] / 1e6:.3f} | {b(d) / 1e6:.4f} | {d['ratio_vs_naive']:.1f}× | "
                    f"{b(l) / 1e6:.4f} | {err} |")
@@ -116,7 +116,7 @@ def fidelity_table(f: dict) -> list[str]:
            "|---|---|---|---|---|---|"]
     for r in rk["rows"]:
         d = r.get("design", {})
-        br = lambda key: f" [{d[key]}]" if key in d else ""  # noqa: E731
+        br = lambda key: f" [{d[key]}]" if key in d else ""
         out.append(f"| {r['k']} | {r['teacher_mass_topk']:.3f}{br('teacher_mass_topk')} | {r['angle_bucket_deg']:.2f}"
                    f"{br('angle_bucket_deg')} | {r['angle_bucket_f16_deg']:.2f} | {r['angle_uniform_deg']:.1f}"
                    f"{br('angle_uniform_deg')} | {r['angle_none_deg']:.1f} |")

@@ -28,7 +28,7 @@ TAILS = ("bucket", "uniform")
 
 
 def _answer_logits(model, tok, records, root: Path, image) -> torch.Tensor:
-    from pipeline.evaluation import pad_encoded
+    from evaluation.heldout import pad_encoded
     from pipeline.templates import encode_conversation
 
     enc = [encode_conversation(r["conversations"], "v1", tok, True) for r in records]

@@ -86,8 +86,12 @@ def llm_config(base: MobileVLMConfig, arch: Arch, vocab: int, grid: int) -> Mobi
 
 def configs(s: Setting, vision_dir: Path) -> tuple[MobileVLMConfig, MobileVLMConfig]:
     """(student, teacher) configs; both built from the project's presets."""
-    from pipeline.models.presets import (mobilevlm_v2_1_7b_config, mobilevlm_v2_7b_config, toy_student_config,
-                                         toy_teacher_config)
+    from toy_world.presets import (
+        mobilevlm_v2_1_7b_config,
+        mobilevlm_v2_7b_config,
+        toy_student_config,
+        toy_teacher_config,
+    )
 
     if s.real_vision:  # released CLIP-L/14-336 architecture (random weights: only shapes matter here)
         return (llm_config(mobilevlm_v2_1_7b_config(), s.student, s.vocab, s.grid),

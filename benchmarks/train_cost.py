@@ -50,7 +50,7 @@ def settings(quick: bool) -> list[Setting]:
         ]
     return [
         Setting("toy", Arch(2, 128, 4, 344), Arch(4, 256, 8, 688), vocab=512, grid=8, batch=8, prefix=40,
-                n_text=40, n_resp=12, note="toy presets (pipeline.models.presets), toy-world sequence lengths"),
+                n_text=40, n_resp=12, note="toy presets (toy_world.presets), toy-world sequence lengths"),
         Setting("ratio", Arch(3, 256, 4, 704), Arch(4, 512, 8, 1376), vocab=4000, grid=12, batch=2, prefix=35,
                 n_text=200, n_resp=60,
                 note="real ratios at small size: teacher 2× hidden, 2× heads (same head dim), 4/3 the layers "
@@ -122,7 +122,7 @@ class Prepared:
 def prepare(s: Setting, device: str, amp: torch.dtype | None, work: Path, seed: int = 0) -> Prepared:
     """Seeded student and teacher (built on `device`: a 7B-width teacher is slow to init on CPU),
     the teacher saved once (store and online read the same weights), batches, the cache store."""
-    from pipeline.models.presets import write_vision_tower
+    from toy_world.presets import write_vision_tower
 
     s_cfg, t_cfg = configs(s, write_vision_tower(work / "clip_toy"))
     with torch.device(device):

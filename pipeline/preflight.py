@@ -68,9 +68,9 @@ class ModelInfo:
 def param_counts(cfg: MobileVLMConfig) -> tuple[dict[str, int], int]:
     """({llm, vision_tower, projector, total} parameter counts, vision tokens) of the model `cfg`
     builds, built on the meta device: exact, no memory, ~0.2 s even for the 7B teacher."""
-    import torch  # noqa: PLC0415  (heavy: only when a checkpoint is inspected)
+    import torch  # heavy: only when a checkpoint is inspected
 
-    from pipeline.models import MobileVLM  # noqa: PLC0415
+    from pipeline.models import MobileVLM
 
     def count(module: torch.nn.Module) -> int:
         return sum(p.numel() for p in module.parameters())
@@ -89,7 +89,7 @@ def inspect_model(path: str | Path, label: str, problems: list[str], config_of: 
 
     config_of: read the config from this directory instead (a checkpoint a previous stage will
     write at `path`, e.g. pre-training's export, has the shapes of the one it starts from)."""
-    from pipeline.models import ModelConfigError, load_config, resolve_vision_config  # noqa: PLC0415
+    from pipeline.models import ModelConfigError, load_config, resolve_vision_config
 
     p = Path(path).expanduser()
     src = Path(config_of).expanduser() if config_of is not None else p
@@ -116,7 +116,7 @@ def check_vocab(tokenizer_dir: str | Path, tokenizer_label: str, models: Iterabl
     one that cannot be loaded (e.g. sentencepiece missing) is a problem, never skipped. A model
     directory without tokenizer files is skipped, and so is a missing `tokenizer_dir` (the
     callers fingerprint it anyway, and report it missing there)."""
-    from pipeline.tokenizer_load import TokenizerLoadError, has_tokenizer, load_tokenizer  # noqa: PLC0415
+    from pipeline.tokenizer_load import TokenizerLoadError, has_tokenizer, load_tokenizer
 
     models = [m for m in models if m is not None]
     problems: list[str] = []

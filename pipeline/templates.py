@@ -17,7 +17,7 @@ dummy prefix is right:
     because the answer's own dummy prefix is that space (tokenising " yes" alone would give
     "▁▁yes" with LLaMA's tokenizer, one token too many).
 Because every cut is at a special token or a space, the ids do not depend on whether the tokenizer
-re-adds the prefix after special tokens (HF's `legacy` flag). `pipeline.data.tokenizer` trains
+re-adds the prefix after special tokens (HF's `legacy` flag). `toy_world.tokenizer` trains
 toy tokenizers with the same rules; tests/pipeline/test_templates.py checks the ids against the
 whole-string tokenisation.
 """

@@ -56,7 +56,7 @@ def _missing_packages() -> list[str]:
 def _check_sentencepiece_model(model_file: Path) -> None:
     """transformers answers an unreadable tokenizer.model (truncated download, a git-lfs pointer)
     with the same tiktoken message; say what it is."""
-    import sentencepiece  # noqa: PLC0415
+    import sentencepiece
 
     try:
         sentencepiece.SentencePieceProcessor(model_file=str(model_file))
@@ -82,11 +82,11 @@ def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerBase:
                 f"{' and '.join(r.split('>')[0] for r in missing)} package{'s' if len(missing) > 1 else ''}: "
                 f"pip install {quoted} (alignkd depends on them: reinstall it), or add a tokenizer.json")
         _check_sentencepiece_model(d / "tokenizer.model")
-    from transformers import AutoTokenizer  # noqa: PLC0415  (heavy: only when a tokenizer is needed)
+    from transformers import AutoTokenizer  # heavy: only when a tokenizer is needed
 
     try:
         tok = AutoTokenizer.from_pretrained(str(d))
-    except Exception as exc:  # noqa: BLE001 — the Rust tokenizers library raises plain Exception (a
+    except Exception as exc:
         # tokenizer.json of a newer format: "data did not match any variant of untagged enum ...")
         raise TokenizerLoadError(f"{d}: cannot load the tokenizer: {exc}") from exc
     _encode_as_sentencepiece(tok)
@@ -105,7 +105,7 @@ def _encode_as_sentencepiece(tok: PreTrainedTokenizerBase) -> None:
     "▁" to every text section, spaces to "▁", and keep the pre-tokenizer's split without its
     prefix. Applied only to that shape (no normalizer, a prefixing Metaspace); a tokenizer with
     its own normalizer (the toy tokenizer, SentencePiece models with NFKC rules) is left alone."""
-    from tokenizers import normalizers, pre_tokenizers  # noqa: PLC0415
+    from tokenizers import normalizers, pre_tokenizers
 
     backend = getattr(tok, "backend_tokenizer", None)
     pre = getattr(backend, "pre_tokenizer", None)

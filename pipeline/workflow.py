@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 # fixed choices, checked at load (every bad value listed with the others); the code that uses a
 # value may still check what depends on other sections (e.g. a subset name against data.subsets)
 Template = Literal["plain", "v1"]
@@ -33,8 +35,6 @@ TrainMode = Literal["cached", "online", "sft"]
 Precision = Literal["fp32", "fp16", "bf16"]
 ExportDtype = Literal["auto", "fp32", "fp16", "bf16"]
 MissingSample = Literal["error", "skip"]
-
-import yaml
 
 DEFAULT_WORKFLOW = Path("workflows/toy.yaml")
 

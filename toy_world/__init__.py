@@ -6,7 +6,8 @@ eval split, a locally trained tokenizer and tiny MobileVLM teacher/student inits
 
 Modules: scenes (ground truth), render (PIL), tasks (QA per task type), records (LLaVA records,
 Short/Long fitting), generate (the world's content), assets (tokenizer, lengths, models),
-stats, world (writing, idempotency; the sizing rationale is in its docstring).
+stats, world (writing, idempotency; the sizing rationale is in its docstring), tokenizer (the
+local BPE trainer), presets (toy and real-shape model configs, random checkpoints).
 """
 
 from toy_world.generate import GENERATOR_VERSION, WorldError, WorldSpec

@@ -1,7 +1,7 @@
 """The toy world's tokenizer, embedded lengths, and tiny MobileVLM model directories.
 
-Everything here goes through the project's own code paths (`pipeline.data.tokenizer`,
-`pipeline.templates`, `pipeline.models.presets`), so the world's lengths are exactly what
+Everything here goes through the project's own code paths (`toy_world.tokenizer`,
+`pipeline.templates`, `toy_world.presets`), so the world's lengths are exactly what
 `alignkd data build` will measure, and the model dirs are exactly what the trainers load.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.constants import IMAGE_TOKEN_INDEX
-from pipeline.data.tokenizer import train_tokenizer
 from pipeline.templates import V1_SYSTEM, render
+from toy_world.tokenizer import train_tokenizer
 
 # the fixed text of the v1 template, fed to the tokenizer with every fine-tuning record so that
 # the system prompt and the role tags become a few tokens each (as they are for LLaMA's)
@@ -62,7 +62,7 @@ def write_models(world: Path, tokenizer_dir: Path, vocab_size: int, seed: int, g
     the paper. `save_pretrained` gives each checkpoint its own `vision_tower/config.json` copy
     (relative `mm_vision_tower`), so a checkpoint dir is self-contained and relocatable; the
     tokenizer files are copied in for the same reason."""
-    from pipeline.models import presets
+    from toy_world import presets
 
     dirs = {k: world / k for k in ("vision_tower", "teacher_init", "student_init")}
     vt = presets.write_vision_tower(dirs["vision_tower"], presets.toy_vision_config())

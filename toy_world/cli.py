@@ -49,7 +49,7 @@ def world(
 def summary_lines(meta: dict, root: Path) -> list[str]:
     st, sp = meta["stats"], meta["spec"]
     c, ln = st["counts"], st["lengths"]
-    fmt = lambda d: ", ".join(f"{k} {v}" for k, v in d.items())  # noqa: E731
+    fmt = lambda d: ", ".join(f"{k} {v}" for k, v in d.items())
     uses = st["image_uses"]
     lines = [
         f"  seed {sp['seed']}, {sp['image_size']} px, {sp['num_vision_tokens']} vision tokens, "

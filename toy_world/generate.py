@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.constants import IMAGE_PLACEHOLDER
+from pipeline.workflow import Workflow, WorldConfig
 from toy_world.records import LONG_INSTRUCTIONS, Draft, draft, eval_record, pretrain_record
 from toy_world.render import png_bytes, render
 from toy_world.scenes import Scene, detailed_description, sample_scene
 from toy_world.tasks import IMAGE_TASKS
-from pipeline.workflow import Workflow, WorldConfig
 
 GENERATOR_VERSION = 3  # bump when the same spec would produce different bytes (stale worlds then need --force)
 # independent RNG streams (numpy seeds from [seed, stream, index]) so that changing one count

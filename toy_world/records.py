@@ -13,6 +13,7 @@ equal `world.long_fraction` by construction instead of by luck.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 import numpy as np
 
 from pipeline.constants import IMAGE_PLACEHOLDER

@@ -77,7 +77,7 @@ def _load(scenes: list[Scene], images: Path, vision: CLIPVisionConfig) -> tuple[
 def _features(tower: CLIPVisionModel, x: torch.Tensor) -> torch.Tensor:
     """hidden_states[SELECT_LAYER] without CLS, [N, g*g, C], running only the layers it needs
     (the full forward also runs the layers after it: half the cost of pre-training for nothing).
-    Equal to what `CLIPVisionTower` computes (tests/pipeline/test_toy_tower.py)."""
+    Equal to what `CLIPVisionTower` computes (tests/toy_world/test_toy_tower.py)."""
     layers = tower.encoder.layers
     h = tower.pre_layrnorm(tower.embeddings(x))
     for layer in layers[: len(layers) + 1 + SELECT_LAYER]:

@@ -36,7 +36,7 @@ development world workflows/toy_dev.yaml (seed 1), measured on this project's 2-
   students see Short once (75 + 106 steps); the Short dump is 2,900 samples (~1 min).
 * 1,400 eval questions (200 per task type) on 500 held-out images, and one description per
   held-out image for image use: with 350 one model's accuracy had ±2.5 points of standard error;
-  every comparison is now a paired bootstrap interval (`pipeline.paired`), which resolves ~2 points.
+  every comparison is now a paired bootstrap interval (`evaluation.paired`), which resolves ~2 points.
 * task difficulty (see `tasks.py`): colour/shape/size of a named object need one object's
   features, but counting, position, binding (hard-negative "is there a red square?") and size
   comparison need the text to attend to the right vision tokens.
@@ -61,6 +61,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline.workflow import Workflow
 from toy_world import assets, stats
 from toy_world.generate import (
     WorldError,
@@ -73,10 +74,9 @@ from toy_world.generate import (
     render_images,
     tokenizer_corpus,
 )
-from pipeline.models.presets import toy_vision_config
+from toy_world.presets import toy_vision_config
 from toy_world.records import Draft, fit_turns, prefixes
 from toy_world.tower import pretrain_tower
-from pipeline.workflow import Workflow
 
 WORLD_JSON = "world.json"
 
@@ -136,7 +136,7 @@ def spec_diff(out: Path, spec: WorldSpec) -> str:
 
 def _generate(spec: WorldSpec, d: Path, log_: Callable[[str], None]) -> dict:
     t0 = time.perf_counter()
-    log = lambda s: log_(f"[{time.perf_counter() - t0:5.1f} s] {s}")  # noqa: E731
+    log = lambda s: log_(f"[{time.perf_counter() - t0:5.1f} s] {s}")
     train, held = make_scenes(spec)
     (d / "images").mkdir()
     for name, png in render_images(spec, train + held):

@@ -1,7 +1,6 @@
 """Manifest builder: LLaVA-format JSON datasets → one parquet row per sample (see docs/CONTRACTS.md).
 
     from pipeline.data.manifest import build_manifest, read_manifest_meta
-    from pipeline.data.tokenizer import train_tokenizer
 """
 
 

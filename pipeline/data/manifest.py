@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.data import ManifestError
-from pipeline.data.jsonstream import iter_json_array
 from pipeline.data.contract import MANIFEST_VERSION, manifest_schema, read_manifest_meta  # noqa: F401 (re-exported)
+from pipeline.data.jsonstream import iter_json_array
 from pipeline.data.records import DatasetJob, init_worker, process_batch
 from pipeline.data.report import BuildReport, DatasetCounts
 from pipeline.fingerprint import tokenizer_fingerprint

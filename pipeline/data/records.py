@@ -143,6 +143,6 @@ def _hash_and_verify(path: str, mode: str) -> tuple[str, str, str]:
                 im.load()  # full decode: raises on truncated or corrupt pixel data
             else:
                 im.verify()  # headers and (PNG) chunk CRCs, no decode
-    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, struct.error, ...)
+    except Exception as exc:  # noqa: BLE001 — PIL raises many types (OSError, SyntaxError, struct.error, ...)
         return "", "image_corrupt", f"PIL cannot {'decode' if mode == 'load' else 'verify'} the image: {type(exc).__name__}: {exc}"
     return hashlib.sha256(data).hexdigest()[:16], "", ""

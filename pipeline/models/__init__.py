@@ -11,7 +11,8 @@ Public API (docs/CONTRACTS.md):
     gen = model.generate(input_ids=prompt_ids, images=px, attention_mask=am, max_new_tokens=16)
     px = preprocess_image(pil_image, model.config)                             # [3, S, S] float32
 
-Toy and real-shape configs: `pipeline.models.presets`. What makes a saved checkpoint loadable by
+Toy and real-shape configs (outside the core: only the toy world, dry runs and benchmarks use them):
+`toy_world.presets`. What makes a saved checkpoint loadable by
 the original MobileVLM code too (transformers 4.33): `pipeline.models.original_compat`.
 """
 

@@ -68,7 +68,7 @@ def check_keys(expected: set[str], got: set[str], where: str) -> None:
     """Strict key check; the error lists every missing and unexpected key (released names)."""
     missing, unexpected = sorted(expected - got), sorted(got - expected)
     if missing or unexpected:
-        rel = lambda ks: [next(iter(to_released({k: None}))) for k in ks]  # noqa: E731
+        rel = lambda ks: [next(iter(to_released({k: None}))) for k in ks]
         raise CheckpointError(
             f"checkpoint {where} does not match the model config: "
             f"{len(missing)} missing key(s) {rel(missing)}; {len(unexpected)} unexpected key(s) {rel(unexpected)}. "

@@ -123,7 +123,7 @@ def legacy_config_keys(d: dict) -> dict:
 def image_processor_config(vision: CLIPVisionConfig) -> dict:
     """preprocessor_config.json of the CLIPImageProcessor our `preprocess_image` equals
     (resize the shortest edge to S bicubic, centre-crop S, CLIP mean/std)."""
-    from pipeline.models.image import CLIP_MEAN, CLIP_STD  # noqa: PLC0415
+    from pipeline.models.image import CLIP_MEAN, CLIP_STD
 
     s = vision.image_size
     return {

@@ -13,8 +13,8 @@ from PIL import Image
 
 from pipeline.models import MobileVLM
 from pipeline.models.original_compat import OriginalIncompatibleWarning
-from pipeline.models.presets import toy_student_config
 from tests.pipeline.data_fixtures import make_tokenizer, qa
+from toy_world.presets import toy_student_config
 
 QUESTIONS = ["What colour is the square?", "How many circles are there?", "Where is the triangle?",
              "Is there a red square?", "What shape is on the left?", "Is the circle small or large?"]

@@ -1,6 +1,6 @@
 """alignkd_harness without any harness installed: the requests a harness would send for the local
 task (lmms_task.documents -> task_utils.doc_to_text / doc_to_visual -> answer.Answerer) get exactly
-the answers and verdicts of `alignkd eval` (pipeline.evaluation.evaluate) on a real tiny checkpoint;
+the answers and verdicts of `alignkd eval` (evaluation.heldout.evaluate) on a real tiny checkpoint;
 requests the model cannot honour are refused by name; the task writer and the comparison tool.
 The run through lmms-eval itself is tests/alignkd_harness/test_lmms_eval.py (opt-in)."""
 
@@ -14,10 +14,11 @@ import torch
 import yaml
 
 from alignkd_harness.answer import Answerer, HarnessRequestError, Request, conversation, cut_at
-from alignkd_harness.compare import compare, main as compare_main
+from alignkd_harness.compare import compare
+from alignkd_harness.compare import main as compare_main
 from alignkd_harness.lmms_task import documents, write_task
 from alignkd_harness.task_utils import doc_to_text, doc_to_visual, process_results
-from pipeline.evaluation import evaluate
+from evaluation.heldout import evaluate
 from pipeline.models import MobileVLM
 from pipeline.tokenizer_load import load_tokenizer
 from tests.alignkd_harness.harness_fixtures import write_checkpoint, write_records

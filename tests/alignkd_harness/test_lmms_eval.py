@@ -1,10 +1,10 @@
 """lmms-eval itself scores a tiny checkpoint on the local task (alignkd_harness.lmms_task) with the
 model class `--model alignkd`, and agrees with `alignkd eval` question by question (answer text
-and verdict). Opt-in: lmms-eval weighs ~2.5 GB, so it is not in the test install. Set
-ALIGNKD_HARNESS_VENV to a venv holding this checkout with the extra (README: "Scoring with a
-benchmark harness"), e.g.
+and verdict). Marked `external`: lmms-eval weighs ~2.5 GB, so it is not in the test install and
+every default run deselects this test. Set ALIGNKD_HARNESS_VENV to a venv holding this checkout with
+the extra (README: "Scoring with a benchmark harness") and select it, e.g.
 
-    ALIGNKD_HARNESS_VENV=/path/to/hvenv .venv/bin/python -m pytest -q tests/alignkd_harness/test_lmms_eval.py
+    ALIGNKD_HARNESS_VENV=/path/to/hvenv .venv/bin/python -m pytest -q -m external tests/alignkd_harness/test_lmms_eval.py
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ import yaml
 
 from alignkd_harness.compare import _jsonl, compare, samples_file
 from alignkd_harness.lmms_task import write_task
-from pipeline.evaluation import evaluate, write_predictions
+from evaluation.heldout import evaluate, write_predictions
 from pipeline.models import MobileVLM
 from pipeline.tokenizer_load import load_tokenizer
 from tests.alignkd_harness.harness_fixtures import write_checkpoint, write_records
+from tests.external import external_env
 from tests.pipeline.data_fixtures import write_json, write_workflow
 
 
 @pytest.mark.slow
+@pytest.mark.external
 def test_lmms_eval_scores_the_local_task_as_alignkd_eval_does(tmp_path, toy_vision_dir):
-    venv = os.environ.get("ALIGNKD_HARNESS_VENV")
-    if not venv:
-        pytest.skip("set ALIGNKD_HARNESS_VENV to a venv with `pip install -e '.[harness]'` of this checkout")
+    venv = external_env("ALIGNKD_HARNESS_VENV", "a venv with `pip install -e '.[harness]'` of this checkout")
     lmms = Path(venv) / "bin" / "lmms-eval"
     assert lmms.exists(), f"{lmms} not found: ALIGNKD_HARNESS_VENV must hold lmms-eval (the harness extra)"
     ck, recs, root = write_checkpoint(tmp_path, toy_vision_dir), write_records(tmp_path), tmp_path / "img"

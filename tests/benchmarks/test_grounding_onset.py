@@ -4,8 +4,8 @@ on held-out records it never trained on, and writes the curve."""
 import json
 
 from benchmarks import grounding_onset
-from toy_world import build_world
 from tests.toy_world.test_toy_world import small_workflow
+from toy_world import build_world
 
 
 def test_curve_on_a_tiny_world(tmp_path):
@@ -28,8 +28,8 @@ def test_packed_qa_and_answer_accuracy(tmp_path):
     import torch
     from transformers import AutoTokenizer
 
-    from pipeline.models import MobileVLM
     from pipeline.constants import IGNORE_INDEX
+    from pipeline.models import MobileVLM
     from pipeline.templates import encode_conversation, encode_prompt
 
     world = tmp_path / "world"
@@ -49,9 +49,9 @@ def test_packed_qa_and_answer_accuracy(tmp_path):
     tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
     model = MobileVLM.from_pretrained(world / "student_init")
     evals = json.loads((world / "data" / "eval.json").read_text())[:12]
-    from pipeline.evaluation import _load
+    from evaluation.heldout import _load
 
-    image = lambda rel: _load(world / "images" / rel, model)  # noqa: E731
+    image = lambda rel: _load(world / "images" / rel, model)
     for swap in (False, True):
         pred, target = grounding_onset.first_answer_tokens(model, tok, evals, image, swap=swap, batch_size=5)
         for k, r in enumerate(evals):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from cache_schema import CacheStore, Encoding, Provenance, SampleTargets
 
 H, V, D, VOCAB, K, FOCUS = 2, 9, 6, 50, 4, 3

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cache_schema_testlib import make_prov  # noqa: E402
+from cache_schema_testlib import make_prov
 
 
 @pytest.fixture

@@ -7,12 +7,11 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from cache_schema_testlib import TINY_CHUNKS, VOCAB, make_prov, write_unit
 from typer.testing import CliRunner
 
 from alignkd.cache_cmd import app
 from cache_schema import CacheStore, Encoding
-
-from cache_schema_testlib import TINY_CHUNKS, VOCAB, make_prov, write_unit
 
 IDS = ["coco/0", "coco/1", "coco/2", "vg/0", "vg/1"]
 runner = CliRunner()

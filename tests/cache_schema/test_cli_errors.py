@@ -10,15 +10,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cache_schema_testlib import make_prov, write_unit
+from test_reliability import _fill
 
 from alignkd.cli import app
 from alignkd.errors import user_message
 from cache_schema import CacheReader, CacheStore, NotFinalizedError, verify_store
 from pipeline.data import ManifestError
 from pipeline.data.jsonstream import iter_json_array
-
-from cache_schema_testlib import make_prov, write_unit
-from test_reliability import _fill
 
 REPO = Path(__file__).resolve().parents[2]
 IDS = ["a/0", "a/1", "a/2"]

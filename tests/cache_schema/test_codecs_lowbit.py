@@ -7,11 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from cache_schema_testlib import TINY_CHUNKS, make_prov, write_unit
 
 from cache_schema import CacheReader, CacheStore, Encoding
 from cache_schema import codecs as C
-
-from cache_schema_testlib import TINY_CHUNKS, make_prov, write_unit
 
 LOWBIT = {"u6": (63, False), "u6sqrt": (63, True), "u4": (15, False), "u4sqrt": (15, True)}
 

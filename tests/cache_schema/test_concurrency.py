@@ -9,10 +9,9 @@ import time
 
 import numpy as np
 import pytest
+from cache_schema_testlib import gen_unit, make_prov, write_unit
 
 from cache_schema import CacheReader, CacheStore, CoverageError, NotFinalizedError, verify_store
-
-from cache_schema_testlib import gen_unit, make_prov, write_unit
 
 UNITS = {"u0": (["a/0", "a/1", "a/2"], 10), "u1": (["a/3", "a/4"], 11),
          "u2": (["b/0", "b/1", "b/2", "b/3"], 12), "u3": (["b/4"], 13)}

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
+from cache_schema_testlib import make_prov, write_unit
+
 from cache_schema import SCHEMA_VERSION, CacheStore, Provenance
 from cache_schema.codecs import codec_chain
 from cache_schema.records import root_meta
-
-from cache_schema_testlib import make_prov, write_unit
 
 PROV = Provenance(teacher_fingerprint="t", teacher_config_fingerprint="c", tokenizer_fingerprint="k",
                   manifest_fingerprint="m", templates=("plain", "v1"), subset="short", max_length=2048,

@@ -7,11 +7,18 @@ import json
 
 import numpy as np
 import pytest
-
-from cache_schema import (CacheReader, CacheStore, CacheVersionError, CoverageError, IntegrityError,
-                          NotFinalizedError, ProvenanceMismatch, verify_store)
-
 from cache_schema_testlib import make_image, make_prov, write_unit
+
+from cache_schema import (
+    CacheReader,
+    CacheStore,
+    CacheVersionError,
+    CoverageError,
+    IntegrityError,
+    NotFinalizedError,
+    ProvenanceMismatch,
+    verify_store,
+)
 
 IDS = ["a/0", "a/1", "a/2", "a/3"]
 

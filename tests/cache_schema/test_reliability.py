@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from cache_schema_testlib import make_prov, write_unit
+from test_concurrency import UNITS, _all_ids, _slow_writer
 
 from cache_schema import CacheError, CacheReader, CacheStore, IntegrityError, verify_store
 from cache_schema.create import store_state
-
-from cache_schema_testlib import make_prov, write_unit
-from test_concurrency import UNITS, _all_ids, _slow_writer
 
 
 def _create_many(root: str, ready) -> None:

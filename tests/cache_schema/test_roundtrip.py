@@ -7,11 +7,9 @@ import pickle
 
 import numpy as np
 import pytest
-
-from cache_schema import (CacheReader, CacheStore, Encoding, NotFinalizedError, SampleTargets,
-                          SampleValidationError)
-
 from cache_schema_testlib import TINY_CHUNKS, make_image, make_prov, make_sample, write_unit
+
+from cache_schema import CacheReader, CacheStore, Encoding, NotFinalizedError, SampleTargets, SampleValidationError
 
 ALL_BLOCKS = ("first.tv", "first.vv", "first.tt", "first.full", "last.tv", "last.full")
 

@@ -55,7 +55,7 @@ def test_shortened_demo_runs_every_stage_and_writes_the_report(tmp_path):
         got = json.loads((report / "eval" / name / "summary.json").read_text())
         assert got["other_image"]["drop"] == pytest.approx(got["overall"] - got["other_image"]["overall"], abs=1e-4)
         # share of answers that change with another image (0 for these barely trained, image-blind
-        # models is legitimate; that the swap swaps is tests/pipeline/test_evaluation.py's job)
+        # models is legitimate; that the swap swaps is tests/evaluation/test_heldout.py's job)
         assert 0.0 <= got["other_image"]["answers_changed"] <= 1.0, name
         use = got["image_use"]
         assert use["n_captions"] == 16 and use["gap"] == pytest.approx(use["loss_other_image"] - use["loss_own_image"], abs=2e-4)

@@ -2,7 +2,7 @@
 edit the `vars:` block only, build the manifest, then dry-run `teacher-dump` and `student-train`.
 
 There are no real weights here (and no model hub), so the checkpoints are real-SHAPE only: a
-config.json of MobileVLM V2 7B / 1.7B (`pipeline.models.presets`, CLIP-L/14-336 by its released
+config.json of MobileVLM V2 7B / 1.7B (`toy_world.presets`, CLIP-L/14-336 by its released
 name, whose architecture is built in) and a small locally trained tokenizer, which the dry runs
 must accept: they read configs and tokenizer files, never weights. The data is a tiny
 LLaVA-format pre-training and fine-tuning JSON over a few real JPEGs.
@@ -19,8 +19,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.models import CLIP_L14_336, presets
+from pipeline.models import CLIP_L14_336
 from tests.pipeline.data_fixtures import caption, make_tokenizer, qa, write_json
+from toy_world import presets
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW = REPO / "workflows" / "mobilevlm_v2.yaml"

@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from alignkd.cli import app
 from pipeline.models import MobileVLM
-from pipeline.models.presets import toy_student_config
 from tests.pipeline.data_fixtures import qa, write_json, write_png, write_workflow
 from tests.pipeline.release_tokenizer import SP_VOCAB, write_release_tokenizer
+from toy_world.presets import toy_student_config
 
 pytest.importorskip("sentencepiece")
 VOCAB = SP_VOCAB

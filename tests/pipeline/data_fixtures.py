@@ -10,8 +10,8 @@ from typing import Any
 import yaml
 from PIL import Image
 
-from pipeline.data.tokenizer import train_tokenizer
 from pipeline.templates import V1_SYSTEM
+from toy_world.tokenizer import train_tokenizer
 
 # Words the tests use, so the tiny vocabulary has whole-word pieces for most of them; other text
 # still tokenises (character pieces), which the tests rely on too.

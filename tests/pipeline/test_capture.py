@@ -196,7 +196,7 @@ def test_capture_spec_validation_and_text_only_batch(tiny_vlm):
 
 
 def test_single_layer_model_first_and_last_coincide(toy_vision_dir, seed):
-    from pipeline.models.presets import toy_student_config
+    from toy_world.presets import toy_student_config
 
     cfg = toy_student_config(100, toy_vision_dir)
     cfg.num_hidden_layers = 1

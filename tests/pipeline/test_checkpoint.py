@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from pipeline.models import CheckpointError, MobileVLM, ModelConfigError, load_config
 from pipeline.models.checkpoint import read_state_dict
-from pipeline.models.presets import toy_student_config, write_random_checkpoint
+from toy_world.presets import toy_student_config, write_random_checkpoint
 
 IDS = torch.tensor([[1, 5, -200, 7, 8, 9], [1, 3, 4, 0, 0, 0]])
 AM = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])

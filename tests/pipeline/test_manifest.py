@@ -17,8 +17,15 @@ from pipeline.data.manifest import build_manifest, read_manifest_meta, report_pa
 from pipeline.fingerprint import token_fingerprint, tokenizer_fingerprint
 from pipeline.templates import encode_conversation
 from pipeline.workflow import load_workflow
-from tests.pipeline.data_fixtures import (caption, make_tokenizer, qa, write_corrupt_png, write_json, write_png,
-                                          write_workflow)
+from tests.pipeline.data_fixtures import (
+    caption,
+    make_tokenizer,
+    qa,
+    write_corrupt_png,
+    write_json,
+    write_png,
+    write_workflow,
+)
 
 SUBSETS = {"short": 64, "long": 128}
 N_VISION = 16

@@ -12,7 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.data.contract import (
-    COLUMN_NAMES, MANIFEST_VERSION, ManifestFormatError, manifest_schema, read_manifest, read_manifest_meta,
+    COLUMN_NAMES,
+    MANIFEST_VERSION,
+    ManifestFormatError,
+    manifest_schema,
+    read_manifest,
+    read_manifest_meta,
 )
 from pipeline.preflight import manifest_counts
 from pipeline.workflow import Workflow

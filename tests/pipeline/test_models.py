@@ -11,8 +11,8 @@ from transformers import CLIPVisionModel
 
 from pipeline.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from pipeline.models import MobileVLM, preprocess_image, resolve_vision_config
-from pipeline.models import presets
 from pipeline.models.image import CLIP_MEAN, CLIP_STD
+from toy_world import presets
 
 I, X = IMAGE_TOKEN_INDEX, IGNORE_INDEX
 

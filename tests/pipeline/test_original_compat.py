@@ -2,13 +2,15 @@
 complete vision-tower dir named by absolute path, both config key spellings, tokenizer files in the
 old format, and a loud warning where the original would silently compute something else.
 
-The slow test at the end runs the original code itself (benchmarks/original_compat.py) when
-ALIGNKD_ORIGINAL_VENV and ALIGNKD_ORIGINAL_SRC are set."""
+The test at the end runs the original code itself (benchmarks/original_compat.py); it is marked
+`external` (deselected by default) and needs ALIGNKD_ORIGINAL_VENV and ALIGNKD_ORIGINAL_SRC:
+
+    ALIGNKD_ORIGINAL_VENV=... ALIGNKD_ORIGINAL_SRC=... .venv/bin/python -m pytest -q -m external tests/pipeline/test_original_compat.py
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -20,14 +22,15 @@ from PIL import Image
 
 from pipeline.models import MobileVLM
 from pipeline.models.original_compat import OriginalIncompatibleWarning, legacy_config_keys
-from pipeline.models.presets import toy_student_config
+from tests.external import external_env
+from toy_world.presets import toy_student_config
 
 TEXTS = ["the red circle is at the top left", "what colour is the square? blue", "USER: ASSISTANT: yes no"]
 
 
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory) -> Path:
-    from pipeline.data.tokenizer import train_tokenizer
+    from toy_world.tokenizer import train_tokenizer
 
     d = tmp_path_factory.mktemp("tok")
     train_tokenizer(TEXTS * 5, 140, d)
@@ -133,7 +136,7 @@ def _model_info(path: Path):
     """`alignkd model info PATH` in-process (the typer app itself; stderr kept apart)."""
     from typer.testing import CliRunner
 
-    from pipeline.model_cli import app
+    from alignkd.model_cmd import app
 
     return CliRunner().invoke(app, ["info", str(path)])
 
@@ -163,13 +166,12 @@ def test_a_144_token_export_is_quiet_in_model_info(exported, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.external
 def test_the_original_code_loads_the_export_and_matches(exported, tmp_path):
     """The original MobileVLM code in its pinned venv (benchmarks/original_compat.py)."""
-    venv, src = os.environ.get("ALIGNKD_ORIGINAL_VENV"), os.environ.get("ALIGNKD_ORIGINAL_SRC")
-    if not venv or not src:
-        pytest.skip("set ALIGNKD_ORIGINAL_VENV (a venv with transformers==4.33.1 tokenizers==0.13.3, created by "
-                    "benchmarks/original_compat.py when absent) and ALIGNKD_ORIGINAL_SRC (a clone of "
-                    "github.com/Meituan-AutoML/MobileVLM) to run the original code")
+    venv = external_env("ALIGNKD_ORIGINAL_VENV", "a venv path for transformers==4.33.1 tokenizers==0.13.3 "
+                         "(benchmarks/original_compat.py creates it when absent)")
+    src = external_env("ALIGNKD_ORIGINAL_SRC", "a clone of github.com/Meituan-AutoML/MobileVLM")
     from benchmarks.original_compat import main
 
     _, ck = exported

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.constants import IGNORE_INDEX as X, IMAGE_TOKEN_INDEX as IMG
+from pipeline.constants import IGNORE_INDEX as X
+from pipeline.constants import IMAGE_TOKEN_INDEX as IMG
 from pipeline.positions import sample_index
 from pipeline.targets import focus_indices, focus_scores, sparse_topk
 

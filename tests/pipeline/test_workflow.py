@@ -91,7 +91,7 @@ def test_the_dev_workflow_differs_from_toy_only_in_seed_name_and_paths():
     from dataclasses import asdict
 
     toy, dev = load_workflow(REPO / "workflows/toy.yaml"), load_workflow(REPO / "workflows/toy_dev.yaml")
-    swap = lambda v: v.replace("runs/toy_dev", "runs/toy") if isinstance(v, str) else v  # noqa: E731
+    swap = lambda v: v.replace("runs/toy_dev", "runs/toy") if isinstance(v, str) else v
 
     def norm(x):
         if isinstance(x, dict):

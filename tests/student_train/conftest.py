@@ -59,8 +59,8 @@ class TinyWorld:
 def _build(root: Path):
     from pipeline.data.manifest import build_manifest
     from pipeline.models import MobileVLM
-    from toy_world.world import build_world
     from pipeline.workflow import DatasetConfig, load_workflow
+    from toy_world.world import build_world
 
     wf = load_workflow("workflows/toy.yaml")
     w = root / "world"
@@ -109,8 +109,12 @@ def _batch(rows: list[dict], image_size: int, config) -> dict:
 
 def _write_store(wf, subset, path, encoding, drop, override, batch_size, rows) -> Path:
     from cache_schema import CacheStore, Encoding, Provenance, SampleTargets
-    from pipeline.fingerprint import (checkpoint_fingerprint, config_fingerprint, manifest_subset_fingerprint,
-                                      tokenizer_fingerprint)
+    from pipeline.fingerprint import (
+        checkpoint_fingerprint,
+        config_fingerprint,
+        manifest_subset_fingerprint,
+        tokenizer_fingerprint,
+    )
     from pipeline.models import CaptureSpec, MobileVLM
     from pipeline.targets import focus_indices, sparse_topk
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.workflow import LossConfig
 from student_train.adapters import Adapters, HeadAdapter, TokenAdapter
 from student_train.losses import resolve_loss
-from pipeline.workflow import LossConfig
 
 
 @pytest.fixture(autouse=True)

@@ -198,7 +198,7 @@ def test_a_launch_reclaims_the_buffers_killed_runs_left(tiny_world, tiny_store, 
     try:
         res = _run(write_workflow(tiny_world.workflow(), tmp_path / "wf.yaml"), tmp_path / "run",
                    "--launcher-args", "--no-such-launcher-flag")
-        assert not buf.exists() and f"orphaned /dev/shm buffer(s) of killed runs: " in res.output, res.output
+        assert not buf.exists() and "orphaned /dev/shm buffer(s) of killed runs: " in res.output, res.output
         assert buf.name in res.output and res.exit_code != 0
     finally:
         buf.unlink(missing_ok=True)

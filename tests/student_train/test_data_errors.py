@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from student_train.data import (CacheMismatchError, MissingSampleError, StoreMismatchError, build_train_loader,
-                                check_store)
 from cache_schema import CacheReader
+from student_train.data import (
+    CacheMismatchError,
+    MissingSampleError,
+    StoreMismatchError,
+    build_train_loader,
+    check_store,
+)
 
 SUBSET, STAGE = "short", "finetune"
 VICTIM = "toy_qa/ft-00002"

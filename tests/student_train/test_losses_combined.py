@@ -12,8 +12,16 @@ from pipeline.positions import sample_index
 from pipeline.targets import sparse_topk
 from pipeline.workflow import LossConfig
 from student_train.adapters import Adapters
-from student_train.losses import (AlignKDLoss, NonFiniteLossError, TeacherBatch, attention_distill_loss,
-                                  resolve_loss, reverse_kl_dense, sft_loss, vision_token_losses)
+from student_train.losses import (
+    AlignKDLoss,
+    NonFiniteLossError,
+    TeacherBatch,
+    attention_distill_loss,
+    resolve_loss,
+    reverse_kl_dense,
+    sft_loss,
+    vision_token_losses,
+)
 
 V, VOCAB, H_S, H_T, D_S, D_T = 4, 20, 2, 4, 6, 10
 

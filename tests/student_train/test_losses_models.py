@@ -7,11 +7,11 @@ import torch
 
 from pipeline.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from pipeline.models import CaptureSpec, MobileVLM
-from pipeline.models.presets import toy_student_config, toy_teacher_config
 from pipeline.targets import focus_indices, sparse_topk
 from pipeline.workflow import LossConfig
 from student_train.adapters import Adapters
 from student_train.losses import AlignKDLoss, TeacherBatch, gather_response, resolve_loss
+from toy_world.presets import toy_student_config, toy_teacher_config
 
 VOCAB = 100
 SPEC = CaptureSpec(layers=("first",), blocks=("tv",))

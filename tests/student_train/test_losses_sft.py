@@ -5,8 +5,8 @@ import math
 import torch
 
 from pipeline.constants import IGNORE_INDEX
-from student_train.losses import gather_response, sft_loss, sft_loss_at
 from pipeline.positions import sample_index
+from student_train.losses import gather_response, sft_loss, sft_loss_at
 
 
 def test_sft_loss_matches_slow_reference_and_the_gathered_form():

@@ -211,8 +211,9 @@ def test_one_rank_cached_run_trains_logs_and_exports(tiny_world, tiny_store, tmp
         assert torch.equal(v, final_student[k].float()), k
     tok = AutoTokenizer.from_pretrained(final)
     row = tiny_world.manifest_rows()[0]
-    from pipeline.models import preprocess_image
     from PIL import Image
+
+    from pipeline.models import preprocess_image
     ids = torch.tensor([row["input_ids"][:12]])
     px = preprocess_image(Image.open(row["image_path"]), m.config, image_size=m.image_size)[None] if row["image_path"] else None
     gen = m.generate(input_ids=ids, images=px, attention_mask=torch.ones_like(ids), max_new_tokens=4)
@@ -253,8 +254,9 @@ def test_sft_mode_refuses_a_teacher_preset(tiny_world, tmp_path):
 
 # ------------------------------------------------------------------------------------- CLI
 def _cli(args: list[str]):
-    from student_train.cli import student_train
     import typer
+
+    from student_train.cli import student_train
 
     app = typer.Typer()
     app.command()(student_train)
@@ -310,7 +312,7 @@ def test_two_rank_zero2_launch_and_bit_exact_resume(tiny_world, tiny_store, tmp_
     full = tmp_path / "full"
     common = ["--workflow", str(path), "--subset", "short", "--stage", "finetune", "--num-procs", "2", "--max-steps", "4"]
     shm = Path("/dev/shm")
-    buffers = lambda: {f.name for f in shm.glob("deepspeed_allreduce_buffer_*")} if shm.is_dir() else set()  # noqa: E731
+    buffers = lambda: {f.name for f in shm.glob("deepspeed_allreduce_buffer_*")} if shm.is_dir() else set()
     before = buffers()
     p = _alignkd(*common, "--out", str(full))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-6000:]

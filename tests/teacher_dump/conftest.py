@@ -21,8 +21,8 @@ class World:
 @pytest.fixture(scope="session")
 def dump_world(tmp_path_factory) -> World:
     from pipeline.data.manifest import build_manifest
-    from toy_world.world import build_world
     from pipeline.workflow import load_workflow
+    from toy_world.world import build_world
 
     root = tmp_path_factory.mktemp("teacher_dump")
     wf_path = workflow(root, "base", root / "world")

@@ -29,8 +29,8 @@ def oracle(question: str, scene: dict) -> str | None:
     """The one-word answer recomputed from a scene's JSON ground truth (None: not understood)."""
     objs = scene["objects"]
     q = question.removesuffix(ONE_WORD).strip()
-    named = lambda c, s: [o for o in objs if o["colour"] == c and o["shape"] == s]  # noqa: E731
-    at = lambda p: [o for o in objs if (o["row"], o["col"]) == _place(p)]  # noqa: E731
+    named = lambda c, s: [o for o in objs if o["colour"] == c and o["shape"] == s]
+    at = lambda p: [o for o in objs if (o["row"], o["col"]) == _place(p)]
     if m := re.fullmatch(r"What colour is the (circle|square|triangle)\?", q):
         (o,) = [o for o in objs if o["shape"] == m[1]]
         return o["colour"]

@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.models import presets
 from pipeline.models.projector import CLIPVisionTower
+from pipeline.workflow import DataConfig, ModelsConfig, Workflow, WorldConfig
+from toy_world import presets
 from toy_world.generate import WorldSpec, make_scenes, render_images
 from toy_world.render import object_labels
 from toy_world.scenes import Obj, Scene
 from toy_world.tower import _features, patch_labels, pretrain_tower, readout
-from pipeline.workflow import DataConfig, ModelsConfig, Workflow, WorldConfig
 
 
 def _world(tmp_path, n_images: int, n_eval: int):
@@ -55,9 +55,10 @@ def test_pretrained_tower_is_deterministic_and_linearly_readable(tmp_path):
     b, _ = pretrain_tower(vision, train[:8], held[:2], tmp_path / "images", seed=3, steps=3)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the same read-out (heads trained the same way) on a random tower's frozen features
-    from toy_world.tower import HEADS, _load
-    from transformers import CLIPVisionModel
     from torch import nn
+    from transformers import CLIPVisionModel
+
+    from toy_world.tower import HEADS, _load
 
     torch.manual_seed(3)
     rand = CLIPVisionModel(vision)

@@ -14,11 +14,10 @@ import torch
 from typer.testing import CliRunner
 
 from pipeline.templates import encode_conversation
+from pipeline.workflow import DataConfig, ModelsConfig, Workflow, WorldConfig
+from tests.toy_world.test_toy_tasks import oracle
 from toy_world import WORLD_JSON, WorldError, build_world, existing_state
 from toy_world.generate import WorldSpec
-from pipeline.workflow import DataConfig, ModelsConfig, Workflow, WorldConfig
-
-from tests.toy_world.test_toy_tasks import oracle
 
 SMALL = dict(n_images=24, n_eval_images=8, n_pretrain=24, n_finetune=80, n_eval=21, tokenizer_vocab=300, long_fraction=0.15,
              tower_steps=0)  # a random tower: these tests check the generator, not the tower (test_toy_tower.py)
@@ -157,7 +156,7 @@ def test_model_inits_load_and_share_the_vision_tower(world):
     t = MobileVLM.from_pretrained(world / "teacher_init", dtype=torch.float32)
     s = MobileVLM.from_pretrained(world / "student_init", dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(world / "teacher_init"))  # the tokenizer travels along
-    shape = lambda m: (m.config.num_hidden_layers, m.config.hidden_size, m.config.num_attention_heads)  # noqa: E731
+    shape = lambda m: (m.config.num_hidden_layers, m.config.hidden_size, m.config.num_attention_heads)
     assert shape(t) == (4, 256, 8) and shape(s) == (2, 128, 4)
     assert t.config.vocab_size == s.config.vocab_size == len(tok)
     assert t.num_vision_tokens == s.num_vision_tokens == 64

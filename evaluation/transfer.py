@@ -35,7 +35,7 @@ _TV = CaptureSpec(layers=("first",), blocks=("tv",))
 @torch.no_grad()
 def transfer_metrics(student: MobileVLM, teacher: MobileVLM, tokenizer: Any, records: list[dict],
                      image_root: str | Path, template: str = "v1", batch_size: int = 32) -> dict:
-    from pipeline.evaluation import pad_encoded  # noqa: PLC0415  (evaluation imports models too)
+    from evaluation.heldout import pad_encoded  # evaluation imports models too
 
     if student.num_vision_tokens != teacher.num_vision_tokens:
         raise ValueError(f"student emits {student.num_vision_tokens} vision tokens, the teacher "

@@ -17,9 +17,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.constants import IMAGE_PLACEHOLDER
+from pipeline.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER
 from pipeline.models import MobileVLM, preprocess_image
-from pipeline.constants import IGNORE_INDEX
 from pipeline.templates import encode_conversation, encode_prompt
 
 

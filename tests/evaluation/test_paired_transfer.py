@@ -1,4 +1,4 @@
-"""Paired bootstrap intervals (pipeline.paired) and transfer metrics (pipeline.analysis.transfer)
+"""Paired bootstrap intervals (evaluation.paired) and transfer metrics (evaluation.transfer)
 against cases whose answer is known and a slow one-record-at-a-time float64 reference."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer
 
-from pipeline.analysis.transfer import transfer_metrics
+from evaluation.paired import correctness, fmt_diff, paired_diff
+from evaluation.transfer import transfer_metrics
 from pipeline.constants import IGNORE_INDEX
 from pipeline.models import MobileVLM, preprocess_image
-from pipeline.models.presets import toy_student_config, toy_teacher_config
-from pipeline.paired import correctness, fmt_diff, paired_diff
 from pipeline.templates import encode_conversation
 from tests.pipeline.data_fixtures import make_tokenizer, qa
+from toy_world.presets import toy_student_config, toy_teacher_config
 
 
 def test_paired_diff_known_cases():

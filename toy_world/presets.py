@@ -2,6 +2,8 @@
 
 All of them build through the same `MobileVLM(config)` path. Never instantiate the real ones in
 tests (1.7B / 7B parameters); use them for dry-runs (`alignkd model info preset:mobilevlm_v2_7b`).
+They live with the toy world, not in `pipeline`: neither phase builds a model from a preset — only
+the toy world, the dry runs, the benchmarks and the tests do.
 
     vt = write_vision_tower(runs / "clip_toy")              # dir with a tiny CLIP vision config
     write_random_checkpoint(runs / "teacher", toy_teacher_config(vocab, vt), seed=0)
@@ -80,7 +82,7 @@ def write_vision_tower(path: str | Path, vision_config: CLIPVisionConfig | None 
 
 
 def _tower_arg(vision_tower_dir: str | Path) -> tuple[str, int]:
-    from pipeline.models.config import read_vision_config  # noqa: PLC0415
+    from pipeline.models.config import read_vision_config
 
     p = Path(vision_tower_dir).resolve()
     return str(p), read_vision_config(str(p / "config.json")).hidden_size

@@ -1,4 +1,4 @@
-"""pipeline.evaluation on a real tiny MobileVLM and a locally trained tokenizer, against slow
+"""evaluation.heldout on a real tiny MobileVLM and a locally trained tokenizer, against slow
 references written out independently:
 
 * `evaluate` (batched, length-sorted, right-padded greedy generation with the KV cache) gives the
@@ -16,7 +16,6 @@ references written out independently:
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,20 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoTokenizer
 
+from evaluation.heldout import (
+    Prediction,
+    evaluate,
+    image_use,
+    normalise,
+    summarise,
+    with_other_images,
+    write_predictions,
+)
 from pipeline.constants import IGNORE_INDEX
-from pipeline.evaluation import Prediction, evaluate, image_use, normalise, summarise, write_predictions, with_other_images
 from pipeline.models import MobileVLM, preprocess_image
-from pipeline.models.presets import toy_student_config
 from pipeline.templates import encode_conversation, encode_prompt
 from tests.pipeline.data_fixtures import caption, make_tokenizer, qa
+from toy_world.presets import toy_student_config
 
 EOS = 2
 MAX_NEW = 6
@@ -294,7 +301,7 @@ def test_with_other_images_never_shows_a_record_its_own_image() -> None:
 def test_other_image_predictions_differ_unless_the_projector_is_image_blind(vlm: MobileVLM, tok: Any,
                                                                           image_root: Path) -> None:
     recs = [r for r in _eval_records() if "image" in r]
-    run = lambda rs: [p.prediction for p in evaluate(vlm, tok, rs, image_root, template="v1", batch_size=3,  # noqa: E731
+    run = lambda rs: [p.prediction for p in evaluate(vlm, tok, rs, image_root, template="v1", batch_size=3,
                                                      max_new_tokens=MAX_NEW, progress=False)]
     assert run(recs) != run(with_other_images(recs))  # this random model's answers depend on the image
     last = vlm.model.mm_projector.mlp.mlp[2]

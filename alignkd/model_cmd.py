@@ -17,7 +17,8 @@ _PRESETS = ("mobilevlm_v2_1_7b", "mobilevlm_v2_7b")
 
 
 def _config(path: str):
-    from pipeline.models import load_config, presets
+    from pipeline.models import load_config
+    from toy_world import presets
 
     if path.startswith("preset:"):
         name = path.split(":", 1)[1]

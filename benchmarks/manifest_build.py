@@ -1,6 +1,6 @@
 """Throughput of the manifest builder on a synthetic LLaVA-style fine-tuning file.
 
-    .venv/bin/python -m pipeline.data.bench --records 50000 --workers 2 --out /tmp/alignkd-bench
+    .venv/bin/python -m benchmarks.manifest_build --records 50000 --workers 2 --out /tmp/alignkd-bench
 
 Generates `records` v1 conversations (1-4 rounds, questions 4-20 words, answers 4-80 words, 10%
 text-only) over 200 small PNGs, trains a 4000-piece tokenizer on a sample, then times
@@ -62,8 +62,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from pipeline.data.manifest import build_manifest
-    from pipeline.data.tokenizer import train_tokenizer
     from pipeline.workflow import load_workflow
+    from toy_world.tokenizer import train_tokenizer
 
     data = write_synthetic(args.out, args.records)
     tok = args.tokenizer
@@ -80,7 +80,7 @@ def main() -> None:
     import transformers  # noqa: F401  (its import, ~3-30 s with torch, is not the builder's speed)
 
     t0, c0 = time.perf_counter(), _cpu()
-    report = build_manifest(wf, command="pipeline.data.bench")
+    report = build_manifest(wf, command="benchmarks.manifest_build")
     dt, cpu = time.perf_counter() - t0, _cpu() - c0
     size = data.stat().st_size / 1e6
     print(report.markdown())

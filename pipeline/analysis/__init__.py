@@ -1,1 +1,0 @@
-"""Analyses of trained models (the paper's §3.1 layer probe)."""
