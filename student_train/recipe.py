@@ -194,7 +194,7 @@ class StudentTrainRecipe:
         student = MobileVLM.from_pretrained(self.args.init, dtype=torch.float32)  # DeepSpeed casts for fp16/bf16
         vision_tower_of(student).requires_grad_(False)
         if self.wf.train.gradient_checkpointing:
-            student.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            student.gradient_checkpointing_enable()  # our wrapper: the non-deprecated name where it exists
         cfg = student.config
         adapters = Adapters.for_loss(self.resolved, cfg.num_attention_heads, teacher_heads or cfg.num_attention_heads,
                                      cfg.hidden_size, teacher_hidden or cfg.hidden_size)
