@@ -86,8 +86,9 @@ def unit_arrays(prov: Provenance) -> list[ArraySpec]:
         spec("topk_ids", "sample", C.ids_dtype(prov.vocab_size), enc.logits_codec, False),
         spec("topk_logprobs", "sample", C.logprob_dtype(enc.logprobs), enc.logits_codec, False),
         spec("tail_logmass", "sample", np.float32, enc.logits_codec, False),
-        spec("image_tokens", "image", C.vision_dtype(enc.vision), enc.vision_codec, True),
     ]
+    if prov.projector_tokens == "stored":  # "recompute": the student rebuilds them (projector.py)
+        out.append(spec("image_tokens", "image", C.vision_dtype(enc.vision), enc.vision_codec, True))
     return out
 
 
