@@ -147,7 +147,9 @@ def show(path: Path = typer.Argument(..., help="cache directory"),
         typer.echo(f"  attn {layer}.{block}: {list(a.shape)} float32  row sums mean {a.sum(-1).mean():.4f}"
                    if a.size else f"  attn {layer}.{block}: {list(a.shape)} (empty)")
     typer.echo(f"  focus ({len(s.focus)}): {s.focus.tolist()}")
-    if s.image_hash:
+    if s.image_hash and prov.projector_tokens != "stored":
+        typer.echo(f"  vision tokens: not stored (recomputed by a student with tower {prov.vision_tower_fingerprint})")
+    elif s.image_hash:
         v = r.image_tokens(s.image_hash)
         typer.echo(f"  vision tokens: {list(v.shape)} float32  mean|x| {np.abs(v).mean():.4g}  max|x| {np.abs(v).max():.4g}")
     tok = None

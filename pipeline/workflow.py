@@ -116,6 +116,11 @@ class CacheConfig:
     attn_dtype: str = "u8sqrt"  # float32 (lossless) | float16 | uint8 | u8sqrt (8-bit, sqrt domain) | u6sqrt | u4sqrt | u6 | u4
     logprob_dtype: str = "float16"  # float32 (lossless) | float16
     vision_dtype: str = "float16"  # float32 (lossless) | float16 | bfloat16
+    # the teacher's projector tokens (1.08 MB per image at the 7B's width): "recompute" keeps only the
+    # teacher projector (once) and the student rebuilds them from its own frozen tower, valid only
+    # for a student whose tower fingerprint equals the teacher's; "stored" writes them per image;
+    # "auto": recompute when models.student is at hand with the teacher's tower, else stored
+    projector_tokens: str = "auto"  # auto | recompute | stored
     compressor: str = "zstd"
     compression_level: int = 3
     blocks: list[AttnBlock] = field(default_factory=lambda: ["tv"])

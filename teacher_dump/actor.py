@@ -55,6 +55,7 @@ def reduce_spec(prov: Provenance) -> ReduceSpec:
         wire_attn=torch.float16 if enc.attn == "f16" else torch.float32,
         wire_logprobs=torch.float16 if enc.logprobs == "f16" else torch.float32,
         wire_vision=_WIRE.get(enc.vision, torch.float32),
+        vision_tokens=prov.projector_tokens == "stored",
     )
 
 

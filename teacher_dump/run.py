@@ -83,7 +83,9 @@ def describe(job: DumpJob, plan: Plan, complete: int) -> str:
         f"  units {len(plan.units)} of ≤{job.unit_size} samples ({complete} complete, {len(plan.units) - complete} to run)",
         f"  actors {job.workers} × ({job.num_cpus:g} CPU, {job.num_gpus:g} GPU), batch {job.batch_size}, dtype {job.dtype}",
         f"  targets: attn {', '.join(p.attn_blocks)} [{p.encoding.attn}], focus k={p.focus_k}, "
-        f"top-{p.logits_topk} logprobs [{p.encoding.logprobs}], projector tokens [{p.encoding.vision}]",
+        f"top-{p.logits_topk} logprobs [{p.encoding.logprobs}], projector tokens "
+        + (f"[{p.encoding.vision}]" if p.projector_tokens == "stored" else
+           f"recomputed by the student (teacher projector kept once; tower {p.vision_tower_fingerprint})"),
         "  projected size before compression: " + ", ".join(f"{k} {human_bytes(v)}" for k, v in size.items()),
     ]
     lines += [f"  note: {n}" for n in job.notes]
@@ -142,6 +144,15 @@ class _Actors:
 
 
 # ---- run ---------------------------------------------------------------------------------------
+def teacher_projector(teacher_dir: Path) -> dict:
+    """The teacher's projector weights (name → float32 numpy), read alone from its checkpoint: kept
+    once in a new store so a student with the same tower can rebuild the projector tokens."""
+    from pipeline.models.checkpoint import read_tensors
+
+    prefix = "model.mm_projector."
+    return {k[len(prefix):]: v.float().numpy() for k, v in read_tensors(teacher_dir, lambda k: k.startswith(prefix)).items()}
+
+
 def run_units(job: DumpJob, plan: Plan, address: str | None = None, progress: bool = True,
               log: Callable[[str], None] = print, on_unit: Callable[[dict], None] | None = None) -> DumpReport:
     """Run every incomplete unit on Ray actors; returns when all are committed (or raises DumpError).
@@ -149,7 +160,7 @@ def run_units(job: DumpJob, plan: Plan, address: str | None = None, progress: bo
     on_unit(result) is called in the driver after each committed unit (unit_id, n, failures,
     compute_s, wall_s, pid of the actor): progress hooks, benchmarks, fault-injection tests.
     """
-    store = CacheStore.create_or_open(job.store_path, job.provenance)
+    store = CacheStore.create_or_open(job.store_path, job.provenance, projector=teacher_projector(job.teacher_dir))
     gone = store.remove_leftovers()  # of killed earlier runs (we hold the dump lock: none is live here)
     if gone:
         log(f"removed {len(gone)} leftover(s) of an interrupted earlier run: "

@@ -12,6 +12,7 @@ resuming after s optimiser steps with gradient accumulation g is `start_step = s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -90,6 +91,8 @@ def build_train_loader(
         reader = reader or CacheReader(wf.cache_path(subset))
         check_store(wf, subset, reader)
         needs = resolve_loss(wf.train.loss).teacher_targets()
+        if reader.provenance.projector_tokens != "stored":  # the trained module recomputes them (teacher_projector.py)
+            needs = dataclasses.replace(needs, vision_tokens=False)
         num_missing = _drop_missing(wf, rows, reader)
     else:
         reader = None
