@@ -30,6 +30,7 @@ the same codecs on a trained (toy) teacher's attention.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import subprocess
 import tempfile
 import time
@@ -51,13 +52,16 @@ SHORT_SAMPLES = 3_610_000  # paper Table 2, Short subset
 SHORT_IMAGES = 1_250_000  # unique images the Short subset's samples share
 GROUPS = {"attention": ("attn_first_tv", "attn_first_tv_scale"), "vision": ("image_tokens",),
           "logits": ("topk_ids", "topk_logprobs", "tail_logmass"), "focus": ("focus",)}
-# (label, Encoding): the default first; the rest are what a cheaper cache could use
+# label → (Encoding, projector_tokens): the default first (projector tokens recomputed by the
+# student, cache.projector_tokens: recompute); the rest are what a cheaper or a lossless cache uses
 ENCODINGS = {
-    "default": Encoding(),
-    "lossless": Encoding.lossless(),
-    "u8sqrt + bitshuffle": Encoding(attn_codec="blosc:zstd:3:bitshuffle"),
-    "u6sqrt + bitshuffle": Encoding(attn="u6sqrt", attn_codec="blosc:zstd:3:bitshuffle"),
-    "u4sqrt + bitshuffle": Encoding(attn="u4sqrt", attn_codec="blosc:zstd:3:bitshuffle"),
+    "default": (Encoding(), "recompute"),
+    "default + stored tokens": (Encoding(), "stored"),
+    "lossless": (Encoding.lossless(), "recompute"),
+    "lossless + stored tokens": (Encoding.lossless(), "stored"),
+    "u6sqrt + bitshuffle": (Encoding(attn="u6sqrt", attn_codec="blosc:zstd:3:bitshuffle"), "recompute"),
+    "u5sqrt + bitshuffle": (Encoding(attn="u5sqrt", attn_codec="blosc:zstd:3:bitshuffle"), "recompute"),
+    "u4sqrt + bitshuffle": (Encoding(attn="u4sqrt", attn_codec="blosc:zstd:3:bitshuffle"), "recompute"),
 }
 
 
@@ -112,10 +116,15 @@ def _du_bytes(path: Path) -> int:
     return int(subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True).stdout.split()[0])
 
 
-def measure_store(teacher: MobileVLM, samples: list, images: list, enc: Encoding, path: Path) -> dict:
-    """Write the targets into a finalised store at `path` with `enc` and measure it."""
-    prov = bench_provenance(teacher, topk=64, focus_k=16, encoding=enc)
-    store = CacheStore.create_or_open(path, prov)
+def measure_store(teacher: MobileVLM, samples: list, images: list, enc: Encoding, path: Path,
+                  projector_tokens: str = "recompute") -> dict:
+    """Write the targets into a finalised store at `path` with `enc` and measure it. The teacher
+    projector a store keeps once (<store>/projector/) is reported apart: per sample it is its
+    bytes / the store's samples, which a real store's millions of samples make nil."""
+    prov = replace(bench_provenance(teacher, topk=64, focus_k=16, encoding=enc), projector_tokens=projector_tokens,
+                   vision_tower_fingerprint="benchmark")
+    projector = {k: v.float().numpy() for k, v in teacher.model.mm_projector.state_dict().items()}
+    store = CacheStore.create_or_open(path, prov, projector=projector)
     raw: dict[str, int] = {}  # stored-dtype bytes before the codec, from the schema's own encoder
     per_unit = 4
     for u in range(0, len(samples), per_unit):
@@ -123,9 +132,11 @@ def measure_store(teacher: MobileVLM, samples: list, images: list, enc: Encoding
         hs = {s.image_hash for s in sm}
         with store.unit_writer(f"u{u // per_unit:04d}") as w:
             for h, tok in images:
-                if h in hs:
+                if h in hs and projector_tokens == "stored":
                     w.add_image(h, tok)
                     raw["image_tokens"] = raw.get("image_tokens", 0) + validate_image(h, tok, prov).nbytes
+                elif h in hs:
+                    w.add_image(h, None)
             for s in sm:
                 w.add_sample(s)
                 for name, arr in encode_sample(s, prov)[1].items():
@@ -137,13 +148,15 @@ def measure_store(teacher: MobileVLM, samples: list, images: list, enc: Encoding
                   "ratio": raw.get(a, 0) / disk[a] if disk.get(a) else None} for a in sorted(set(disk) | set(raw))}
     groups = {g: sum(arrays.get(a, {}).get("disk_bytes_per_sample", 0.0) for a in names) for g, names in GROUPS.items()}
     g_raw = {g: sum(arrays.get(a, {}).get("raw_bytes_per_sample", 0.0) for a in names) for g, names in GROUPS.items()}
-    du = _du_bytes(path)
+    projector_bytes = _du_bytes(path / "projector")
+    du = _du_bytes(path) - projector_bytes  # per-sample bytes; the projector is once per store
     per_sample = du / n
     vision_per_image = groups["vision"] * n / n_img
     other = per_sample - groups["vision"]  # everything stored per sample (incl. index/metadata)
     return {
         "encoding": enc.to_dict(), "samples": n, "images": n_img, "arrays": arrays,
         "groups_bytes_per_sample": groups, "groups_ratio": {g: (g_raw[g] / groups[g] if groups[g] else None) for g in groups},
+        "projector_tokens": projector_tokens, "projector_bytes_once": projector_bytes,
         "du_bytes": du, "du_bytes_per_sample": per_sample, "arrays_bytes_per_sample": sum(disk.values()) / n,
         "projection_short": {
             "samples": SHORT_SAMPLES, "images": SHORT_IMAGES,
@@ -162,12 +175,14 @@ def to_markdown(rep: dict) -> str:
     lines = [f"{rep['samples']} samples, mean |T| {sh['mean_n_text']:.1f}, mean |R| {sh['mean_n_resp']:.1f}, "
              f"|V| {sh['n_vision']}, {sh['heads']} heads, hidden {sh['hidden']}, vocab {sh['vocab']}, top-{sh['topk']}, "
              f"focus {sh['focus_k']}; slice {rep['timing']['params'] / 1e6:.0f}M parameters, random weights.", "",
-             "| encoding | attention MB | vision MB | logits kB | focus B | du MB/sample | Short TB (tokens per sample) | Short TB (per image) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "du MB/sample: the store's `du -sb` less its teacher projector (kept once per store, last column), / samples.", "",
+             "| encoding | projector tokens | attention MB | vision MB | logits kB | focus B | du MB/sample | Short TB (tokens per sample) | Short TB (per image) | projector MB once |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, m in rep["encodings"].items():
         g, p = m["groups_bytes_per_sample"], m["projection_short"]
-        lines.append(f"| {label} | {_mb(g['attention'])} | {_mb(g['vision'])} | {g['logits'] / 1e3:.1f} | {g['focus']:.0f} | "
-                     f"{_mb(m['du_bytes_per_sample'])} | {p['tb_vision_per_sample']:.2f} | {p['tb_vision_per_image']:.2f} |")
+        lines.append(f"| {label} | {m['projector_tokens']} | {_mb(g['attention'])} | {_mb(g['vision'])} | {g['logits'] / 1e3:.1f} | "
+                     f"{g['focus']:.0f} | {_mb(m['du_bytes_per_sample'])} | {p['tb_vision_per_sample']:.2f} | "
+                     f"{p['tb_vision_per_image']:.2f} | {_mb(m['projector_bytes_once'])} |")
     lines += ["", "Per array, default encoding (bytes per sample; ratio = stored-dtype bytes / on-disk bytes):", "",
               "| array | on disk | before codec | ratio |", "|---|---:|---:|---:|"]
     for a, v in rep["encodings"]["default"]["arrays"].items():
@@ -205,7 +220,9 @@ def main(argv: list[str] | None = None) -> dict:
            "encodings": {}}
     with tempfile.TemporaryDirectory(prefix="cache_size_") as tmp:
         for label in a.encodings.split(","):
-            rep["encodings"][label] = measure_store(teacher, samples, images, ENCODINGS[label], Path(tmp) / f"{len(rep['encodings'])}.zarr")
+            enc, tokens = ENCODINGS[label]
+            rep["encodings"][label] = measure_store(teacher, samples, images, enc, Path(tmp) / f"{len(rep['encodings'])}.zarr",
+                                                    tokens)
             print(f"[cache_size] {label}: {rep['encodings'][label]['du_bytes_per_sample'] / 1e6:.3f} MB/sample (du)")
     write_outputs(a.out, "cache_size", rep, to_markdown(rep))
     return rep

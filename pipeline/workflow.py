@@ -113,7 +113,7 @@ class CacheConfig:
     focus_k: int = 16
     # defaults measured by `alignkd cache size-table` (README): 8-bit sqrt-domain attention is
     # 4.6x smaller than fp32 at a relative attention-loss error of 8e-5; float32 everywhere is lossless
-    attn_dtype: str = "u8sqrt"  # float32 (lossless) | float16 | uint8 | u8sqrt (8-bit, sqrt domain) | u6sqrt | u4sqrt | u6 | u4
+    attn_dtype: str = "u8sqrt"  # float32 (lossless) | float16 | uint8 | u8sqrt (8-bit, sqrt domain) | u6sqrt | u5sqrt | u4sqrt | u6 | u5 | u4
     logprob_dtype: str = "float16"  # float32 (lossless) | float16
     vision_dtype: str = "float16"  # float32 (lossless) | float16 | bfloat16
     # the teacher's projector tokens (1.08 MB per image at the 7B's width): "recompute" keeps only the

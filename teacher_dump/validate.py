@@ -32,7 +32,8 @@ DTYPES = ("float32", "float16", "bfloat16")
 # workflow `cache:` spellings -> cache_schema Encoding modes (cache_schema's own names pass through)
 _ATTN = {"float32": "f32", "float16": "f16", "uint8": "u8", "uint8sqrt": "u8sqrt",
          # opt-in low-bit codes (one per byte; the zstd branch below gives them the bitshuffle codec)
-         "uint6": "u6", "uint6sqrt": "u6sqrt", "uint4": "u4", "uint4sqrt": "u4sqrt"}
+         "uint6": "u6", "uint6sqrt": "u6sqrt", "uint5": "u5", "uint5sqrt": "u5sqrt",
+         "uint4": "u4", "uint4sqrt": "u4sqrt"}
 _LOGPROB = {"float32": "f32", "float16": "f16"}
 _VISION = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 NOT_HASHED = "not-hashed-in-dry-run"  # teacher_fingerprint of a dry run's provenance (weights unread)
