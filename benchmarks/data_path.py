@@ -71,7 +71,7 @@ def student_rate(wf: Workflow, reader: CacheReader, epochs: int, max_steps: int)
     student = MobileVLM.from_pretrained(wf.models.student)
     vision_tower_of(student).requires_grad_(False)
     prov = reader.provenance
-    module = train_module(student, wf.train.loss.preset, prov.teacher_heads, prov.teacher_hidden_size, "cpu")
+    module = train_module(student, wf.train.loss.preset, prov.teacher_heads, prov.teacher_hidden_size, "cpu", reader=reader)
     run = ModeRun("cached", module, build_optimizer(module, StageConfig()), [])
     clock = Clock("cpu")
     batches = [b for _, b in zip(range(max_steps), _loader(wf, reader, epochs))]

@@ -14,7 +14,7 @@ with `cache_schema`'s writer, then read back with `CacheReader` and collated by
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -132,10 +132,14 @@ def bench_provenance(teacher: MobileVLM, topk: int, focus_k: int, encoding: Enco
 
 @torch.inference_mode()
 def write_store(teacher: MobileVLM, batches: list[StudentBatch], path: Path, topk: int = 64,
-                focus_k: int = 16) -> CacheReader:
-    """Dump `teacher` over `batches` into a finalised store at `path` (one unit per batch)."""
-    prov = bench_provenance(teacher, topk, focus_k)
-    store = CacheStore.create_or_open(path, prov)
+                focus_k: int = 16, projector_tokens: str = "recompute") -> CacheReader:
+    """Dump `teacher` over `batches` into a finalised store at `path` (one unit per batch), as the
+    dump's default does: the teacher projector kept once, its tokens recomputed by the student
+    (projector_tokens "recompute"; "stored" writes them per image)."""
+    prov = replace(bench_provenance(teacher, topk, focus_k), projector_tokens=projector_tokens,
+                   vision_tower_fingerprint="benchmark")
+    projector = {k: v.float().cpu().numpy() for k, v in teacher.model.mm_projector.state_dict().items()}
+    store = CacheStore.create_or_open(path, prov, projector=projector)
     spec, nv, dev = CaptureSpec(("first",), ("tv",)), teacher.num_vision_tokens, teacher.device
     for j, b in enumerate(batches):
         al = teacher.forward_align(input_ids=b.input_ids.to(dev), images=b.images.to(dev, teacher.dtype),
@@ -155,7 +159,10 @@ def write_store(teacher: MobileVLM, batches: list[StudentBatch], path: Path, top
 
 
 def attach_cached(batches: list[StudentBatch], reader: CacheReader, needs: TeacherTargets) -> list[StudentBatch]:
-    """Copies of `batches` whose `.teacher` is read from the store (what the cached loader yields)."""
+    """Copies of `batches` whose `.teacher` is read from the store (what the cached loader yields:
+    no projector tokens from a recompute store, the trained module rebuilds them)."""
+    if reader.provenance.projector_tokens != "stored":
+        needs = replace(needs, vision_tokens=False)
     out = []
     for b in batches:
         per = []

@@ -84,14 +84,24 @@ class TrainModule(nn.Module):
         precomputed gradients to DeepSpeed in a fixed order (engine.replay_grads)."""
         if replay is not None:
             return replay_grads(*replay)
+        al = self.student_forward(batch)
+        return self.criterion(al, self.teacher_batch(batch))
+
+    def student_forward(self, batch: StudentBatch):
+        """The student's forward_align of `batch` (its tower's features kept for teacher_batch)."""
         if self.teacher_tokens is not None:
             self.teacher_tokens.reset()
-        al = self.student.forward_align(input_ids=batch.input_ids, images=batch.images,
-                                        attention_mask=batch.attention_mask, labels=batch.labels, spec=self.spec)
+        return self.student.forward_align(input_ids=batch.input_ids, images=batch.images,
+                                          attention_mask=batch.attention_mask, labels=batch.labels, spec=self.spec)
+
+    def teacher_batch(self, batch: StudentBatch) -> TeacherBatch:
+        """The batch's teacher targets; from a recompute store, with the teacher's projector tokens
+        rebuilt from the features of the student_forward just run."""
         teacher = batch.teacher if batch.teacher is not None else TeacherBatch()
-        if self.teacher_tokens is not None:
-            teacher.vision_tokens = self.teacher_tokens.tokens((batch.input_ids == IMAGE_TOKEN_INDEX).any(1))
-        return self.criterion(al, teacher)
+        if self.teacher_tokens is None:
+            return teacher
+        return dataclasses.replace(teacher, vision_tokens=self.teacher_tokens.tokens(
+            (batch.input_ids == IMAGE_TOKEN_INDEX).any(1)))
 
 
 class StudentTrainRecipe:
