@@ -163,6 +163,8 @@ def attach_cached(batches: list[StudentBatch], reader: CacheReader, needs: Teach
     no projector tokens from a recompute store, the trained module rebuilds them)."""
     if reader.provenance.projector_tokens != "stored":
         needs = replace(needs, vision_tokens=False)
+    if reader.provenance.attention != "stored":
+        needs = replace(needs, attn=())
     out = []
     for b in batches:
         per = []

@@ -102,12 +102,12 @@ def train_module(student: MobileVLM, preset: str, t_heads: int, t_hidden: int, d
     adapters = Adapters.for_loss(resolved, cfg.num_attention_heads, t_heads, cfg.hidden_size, t_hidden)
     keys = resolved.attn_keys
     spec = CaptureSpec(layers=tuple(dict.fromkeys(l for l, _ in keys)), blocks=tuple(dict.fromkeys(b for _, b in keys)))
-    tokens = None
-    if reader is not None and reader.provenance.projector_tokens == "recompute" and resolved.uses_vision_tokens:
-        from student_train.teacher_projector import TeacherTokens
+    tokens = attention = None
+    if reader is not None and reader.provenance.projector_tokens == "recompute":
+        from student_train.teacher_projector import build_teacher_recompute
 
-        tokens = TeacherTokens(reader.teacher_projector(), reader.provenance.num_vision_tokens, device)
-    module = TrainModule(student, AlignKDLoss(resolved, adapters), spec, tokens).to(device)
+        tokens, attention = build_teacher_recompute(reader, resolved, "recompute", device)
+    module = TrainModule(student, AlignKDLoss(resolved, adapters), spec, tokens, attention).to(device)
     module.train()
     return module
 

@@ -26,6 +26,11 @@ INFO_FIELDS = ("created_by", "created_at")
 # recompute: they are not; the student recomputes them with the teacher projector kept in the
 # store, from its own tower's features (valid only for a tower with vision_tower_fingerprint)
 PROJECTOR_TOKENS = ("stored", "recompute")
+# stored: the attn_blocks' probabilities per sample (attn_* arrays); recompute: none; the student
+# recomputes the teacher's first-layer attention from the teacher's embedding rows, layer-0 norm
+# and q/k projections kept once in the store (first_layer/), over its recomputed projector tokens.
+# Exact for first-layer blocks only, so recompute needs projector_tokens recompute and first.* blocks.
+ATTENTION = ("stored", "recompute")
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class Provenance:
     attn_blocks: tuple[str, ...] = ("first.tv",)
     projector_tokens: str = "stored"  # one of PROJECTOR_TOKENS
     vision_tower_fingerprint: str = ""  # pipeline.fingerprint.tower_fingerprint(teacher dir)
+    attention: str = "stored"  # one of ATTENTION
     encoding: Encoding = field(default_factory=Encoding)
     schema_version: int = SCHEMA_VERSION
     created_by: str = ""  # command line that created the store
@@ -76,6 +82,12 @@ class Provenance:
             problems.append(f"projector_tokens={self.projector_tokens!r} (allowed: {', '.join(PROJECTOR_TOKENS)})")
         elif self.projector_tokens == "recompute" and not self.vision_tower_fingerprint:
             problems.append("projector_tokens='recompute' needs the teacher's vision_tower_fingerprint")
+        if self.attention not in ATTENTION:
+            problems.append(f"attention={self.attention!r} (allowed: {', '.join(ATTENTION)})")
+        elif self.attention == "recompute" and (self.projector_tokens != "recompute" or
+                                                 any(not b.startswith("first.") for b in self.attn_blocks)):
+            problems.append(f"attention='recompute' needs projector_tokens 'recompute' and first-layer blocks only, "
+                            f"got projector_tokens {self.projector_tokens!r}, attn_blocks {list(self.attn_blocks)}")
         if not isinstance(self.encoding, Encoding):
             problems.append(f"encoding must be an Encoding, got {type(self.encoding).__name__}")
         if problems:
@@ -85,6 +97,15 @@ class Provenance:
     def attn_keys(self) -> tuple[tuple[str, str], ...]:
         """attn_blocks as the (layer, block) tuples used by SampleTargets.attn."""
         return tuple(tuple(b.split(".")) for b in self.attn_blocks)  # type: ignore[misc]
+
+    @property
+    def stored_attn_blocks(self) -> tuple[str, ...]:
+        """The attn_blocks whose probabilities the units hold (none when attention is recomputed)."""
+        return self.attn_blocks if self.attention == "stored" else ()
+
+    @property
+    def stored_attn_keys(self) -> tuple[tuple[str, str], ...]:
+        return self.attn_keys if self.attention == "stored" else ()
 
     def stamped(self, created_by: str | None = None) -> "Provenance":
         """A copy with created_at = now (UTC) and created_by = the current command line."""

@@ -19,7 +19,7 @@ import zarr
 
 from cache_schema.errors import CacheFormatError, IntegrityError, NotFinalizedError
 from cache_schema.index import Index, bsearch, load_index
-from cache_schema.projector import read_projector
+from cache_schema.projector import read_first_layer, read_projector
 from cache_schema.provenance import Provenance, check_provenance
 from cache_schema.records import crc32, load_record, read_root
 from cache_schema.schema import SampleTargets, decode_image, decode_sample, dims_columns, element_counts, unit_arrays
@@ -207,6 +207,10 @@ class CacheReader:
     def teacher_projector(self) -> dict[str, np.ndarray]:
         """The teacher projector's weights kept in the store (name → float32), checksums verified."""
         return read_projector(self.path)
+
+    def teacher_first_layer(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(the teacher's first-layer tensors, its config.json) of an attention-recompute store."""
+        return read_first_layer(self.path)
 
     def iter_samples(self, ids: Iterable[str] | None = None, prefetch: int = 8,
                      max_run: int = 32) -> Iterator[SampleTargets]:

@@ -87,10 +87,11 @@ def layout_dict(prov: Provenance) -> dict:
     }
 
 
-def root_meta(prov: Provenance, projector: dict | None = None) -> dict:
-    """projector: the teacher projector's tensor specs (cache_schema.projector), None if not stored."""
+def root_meta(prov: Provenance, projector: dict | None = None, first_layer: dict | None = None) -> dict:
+    """projector: the teacher projector's tensor specs (cache_schema.projector), None if not kept;
+    first_layer: {"tensors": specs, "config": the teacher's config.json} when attention is recomputed."""
     return {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, "provenance": prov.to_dict(),
-            "layout": layout_dict(prov), "projector": projector}
+            "layout": layout_dict(prov), "projector": projector, "first_layer": first_layer}
 
 
 def provenance_crc(prov: Provenance) -> int:
@@ -124,6 +125,8 @@ def read_root_meta(path: Path) -> tuple[Provenance, dict]:
         raise CacheFormatError(f"{p}: layout does not match schema {SCHEMA_VERSION} for its provenance")
     if prov.projector_tokens == "recompute" and not isinstance(meta.get("projector"), dict):
         raise CacheFormatError(f"{p}: projector_tokens is 'recompute' but the store holds no teacher projector")
+    if prov.attention == "recompute" and not isinstance(meta.get("first_layer"), dict):
+        raise CacheFormatError(f"{p}: attention is 'recompute' but the store holds no teacher first layer")
     return prov, meta
 
 

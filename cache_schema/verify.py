@@ -113,12 +113,13 @@ def _verify_unit(udir: Path, rec: dict, prov, rep: VerifyReport) -> None:
 
 def _verify_projector(root: Path, rep: VerifyReport) -> None:
     """The teacher projector kept in the store (if any) against its listed checksums."""
-    if not isinstance(read_root_meta(root)[1].get("projector"), dict):
-        return
-    try:
-        read_projector(root)
-    except CacheError as e:
-        rep.faults.append(str(e))
+    meta = read_root_meta(root)[1]
+    for group in ("projector", "first_layer"):
+        if isinstance(meta.get(group), dict):
+            try:
+                read_projector(root, group)
+            except CacheError as e:
+                rep.faults.append(str(e))
 
 
 def _verify_index(root: Path, rec_crc: dict[str, int], rep: VerifyReport) -> None:

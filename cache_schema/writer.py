@@ -41,15 +41,18 @@ class CacheStore:
 
     @classmethod
     def create_or_open(cls, path: str | os.PathLike, provenance: Provenance,
-                       projector: dict[str, np.ndarray] | None = None) -> "CacheStore":
+                       projector: dict[str, np.ndarray] | None = None,
+                       first_layer: tuple[dict, dict] | None = None) -> "CacheStore":
         """Create the store, or open an existing one whose provenance matches (created_by /
         created_at excepted). Safe to race from many processes and to kill at any point: the
         skeleton is built aside and renamed into place (cache_schema.create). projector: the
         teacher projector's tensors (name → float32), kept once in a new store (needed when
-        provenance.projector_tokens is "recompute"; ignored when the store exists)."""
+        provenance.projector_tokens is "recompute"; ignored when the store exists); first_layer:
+        (the teacher's embedding / layer-0 norm / q,k tensors, its config.json dict), needed when
+        provenance.attention is "recompute"."""
         if not provenance.created_at:
             provenance = provenance.stamped()
-        create_store(path, provenance, projector)
+        create_store(path, provenance, projector, first_layer)
         return cls._open_checked(Path(path), provenance)
 
     @classmethod

@@ -121,6 +121,11 @@ class CacheConfig:
     # for a student whose tower fingerprint equals the teacher's; "stored" writes them per image;
     # "auto": recompute when models.student is at hand with the teacher's tower, else stored
     projector_tokens: str = "auto"  # auto | recompute | stored
+    # the teacher's first-layer attention (1.0 MB per sample at the 7B's width, u8sqrt): "recompute" keeps
+    # its embedding rows, layer-0 norm and q/k projections once (≈ 330 MB f16 for the 7B) and the student
+    # recomputes the probabilities exactly; needs recomputed projector tokens and first-layer blocks only.
+    # "auto": recompute whenever that holds, else stored (cache.attn_dtype then applies)
+    attention: str = "auto"  # auto | recompute | stored
     compressor: str = "zstd"
     compression_level: int = 3
     blocks: list[AttnBlock] = field(default_factory=lambda: ["tv"])

@@ -120,7 +120,8 @@ def _preflight(wf, run: RunPlan, stage: str, init: StageInit, resume: bool, out:
             from student_train.losses import resolve_loss  # noqa: PLC0415
             from student_train.teacher_projector import vision_source  # noqa: PLC0415
 
-            vision_source(reader.provenance, init.path, resolve_loss(wf.train.loss).teacher_targets().vision_tokens)
+            needs = resolve_loss(wf.train.loss).teacher_targets()
+            vision_source(reader.provenance, init.path, needs.vision_tokens, bool(needs.attn))
         notes = check_store_identity(wf, run.subset, reader.provenance, path)
         missing = check_samples_present(wf, run.subset, stage, path)
         run.cache_matched[stage] = check_token_hashes(wf, run.subset, stage, path)

@@ -50,7 +50,7 @@ from student_train.launch import RunArgs
 from student_train.losses import AlignKDLoss, NonFiniteLossError, TeacherBatch, resolve_loss
 from student_train.metrics import MetricsWriter, StepMeter
 from student_train.preflight import check_token_hashes
-from student_train.teacher_projector import TeacherTokens, vision_source
+from student_train.teacher_projector import TeacherFirstLayer, TeacherTokens, build_teacher_recompute, vision_source
 
 ADAPTERS_FILE = "adapters.pt"  # <out>/<stage>/adapters.pt: the trained adapters, carried to the next stage
 EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -65,12 +65,13 @@ class TrainModule(nn.Module):
     engine trains, reduces and checkpoints both."""
 
     def __init__(self, student: MobileVLM, criterion: AlignKDLoss, spec: CaptureSpec,
-                 teacher_tokens: TeacherTokens | None = None) -> None:
+                 teacher_tokens: TeacherTokens | None = None, teacher_attention: TeacherFirstLayer | None = None) -> None:
         super().__init__()
         self.student, self.criterion, self.spec = student, criterion, spec
-        # a recompute store: the teacher's projector tokens from this student's tower features
-        # (a plain attribute, not a submodule: see TeacherTokens)
-        self.teacher_tokens = teacher_tokens
+        # a recompute store: the teacher's projector tokens from this student's tower features, and
+        # (attention: recompute) its first-layer attention from them (plain attributes, not
+        # submodules: see TeacherTokens)
+        self.teacher_tokens, self.teacher_attention = teacher_tokens, teacher_attention
         if teacher_tokens is not None:
             teacher_tokens.capture(vision_tower_of(student))
 
@@ -100,8 +101,14 @@ class TrainModule(nn.Module):
         teacher = batch.teacher if batch.teacher is not None else TeacherBatch()
         if self.teacher_tokens is None:
             return teacher
-        return dataclasses.replace(teacher, vision_tokens=self.teacher_tokens.tokens(
-            (batch.input_ids == IMAGE_TOKEN_INDEX).any(1)))
+        has_img = (batch.input_ids == IMAGE_TOKEN_INDEX).any(1)
+        extra = {}
+        if self.teacher_attention is not None:
+            extra["attn"] = {**teacher.attn, **self.teacher_attention.attention(batch.input_ids, batch.images,
+                                                                                batch.attention_mask)}
+        if self.teacher_tokens.needed:
+            extra["vision_tokens"] = self.teacher_tokens.tokens(has_img)
+        return dataclasses.replace(teacher, **extra)
 
 
 class StudentTrainRecipe:
@@ -198,8 +205,8 @@ class StudentTrainRecipe:
             info = check_store(wf, self.args.subset, self.reader)
             check_token_hashes(wf, self.args.subset, self.args.stage, path)
             # before any model is built: a recompute store needs this student's tower to be the teacher's
-            self.vision_source = vision_source(self.reader.provenance, self.args.init,
-                                               self.resolved.teacher_targets().vision_tokens)
+            needs = self.resolved.teacher_targets()
+            self.vision_source = vision_source(self.reader.provenance, self.args.init, needs.vision_tokens, bool(needs.attn))
             return info.teacher_heads, info.teacher_hidden
         if mode == "online":
             from student_train.online import OnlineTeacher  # noqa: PLC0415
@@ -226,10 +233,8 @@ class StudentTrainRecipe:
         self._carry_adapters(adapters)
         keys = self.resolved.attn_keys
         spec = CaptureSpec(layers=tuple(dict.fromkeys(l for l, _ in keys)), blocks=tuple(dict.fromkeys(b for _, b in keys)))
-        tokens = None
-        if self.vision_source == "recompute":
-            tokens = TeacherTokens(self.reader.teacher_projector(), self.reader.provenance.num_vision_tokens, self.device)
-        return TrainModule(student, AlignKDLoss(self.resolved, adapters), spec, tokens).to(self.device)
+        tokens, attention = build_teacher_recompute(self.reader, self.resolved, self.vision_source, self.device)
+        return TrainModule(student, AlignKDLoss(self.resolved, adapters), spec, tokens, attention).to(self.device)
 
     def _carry_adapters(self, adapters: Adapters) -> None:
         """Start from the adapters the previous stage trained (`<init>/../adapters.pt`, written by

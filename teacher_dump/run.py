@@ -85,7 +85,9 @@ def describe(job: DumpJob, plan: Plan, complete: int) -> str:
         f"  targets: attn {', '.join(p.attn_blocks)} [{p.encoding.attn}], focus k={p.focus_k}, "
         f"top-{p.logits_topk} logprobs [{p.encoding.logprobs}], projector tokens "
         + (f"[{p.encoding.vision}]" if p.projector_tokens == "stored" else
-           f"recomputed by the student (teacher projector kept once; tower {p.vision_tower_fingerprint})"),
+           f"recomputed by the student (teacher projector kept once; tower {p.vision_tower_fingerprint})")
+        + ("; attention recomputed by the student (teacher embedding, layer-0 norm and q/k kept once)"
+           if p.attention == "recompute" else ""),
         "  projected size before compression: " + ", ".join(f"{k} {human_bytes(v)}" for k, v in size.items()),
     ]
     lines += [f"  note: {n}" for n in job.notes]
@@ -153,6 +155,29 @@ def teacher_projector(teacher_dir: Path) -> dict:
     return {k[len(prefix):]: v.float().numpy() for k, v in read_tensors(teacher_dir, lambda k: k.startswith(prefix)).items()}
 
 
+FIRST_LAYER_KEYS = {"model.embed_tokens.weight": "embed_tokens.weight",
+                    "model.layers.0.input_layernorm.weight": "input_layernorm.weight",
+                    "model.layers.0.self_attn.q_proj.weight": "q_proj.weight",
+                    "model.layers.0.self_attn.q_proj.bias": "q_proj.bias",
+                    "model.layers.0.self_attn.k_proj.weight": "k_proj.weight",
+                    "model.layers.0.self_attn.k_proj.bias": "k_proj.bias"}
+
+
+def teacher_first_layer(teacher_dir: Path) -> tuple[dict, dict]:
+    """(the tensors layer 0's attention probabilities depend on, config.json): the embedding rows,
+    layer 0's input norm and q/k projections (≈ 165 M parameters for the 7B, read alone), kept once
+    in an attention-recompute store (student_train.teacher_projector.TeacherFirstLayer)."""
+    got = read_first_layer_tensors(teacher_dir)
+    return got, json.loads((Path(teacher_dir) / "config.json").read_text())
+
+
+def read_first_layer_tensors(teacher_dir: Path) -> dict:
+    from pipeline.models.checkpoint import read_tensors
+
+    t = read_tensors(teacher_dir, lambda k: k in FIRST_LAYER_KEYS)
+    return {FIRST_LAYER_KEYS[k]: v.float().numpy() for k, v in t.items()}
+
+
 def run_units(job: DumpJob, plan: Plan, address: str | None = None, progress: bool = True,
               log: Callable[[str], None] = print, on_unit: Callable[[dict], None] | None = None) -> DumpReport:
     """Run every incomplete unit on Ray actors; returns when all are committed (or raises DumpError).
@@ -160,7 +185,9 @@ def run_units(job: DumpJob, plan: Plan, address: str | None = None, progress: bo
     on_unit(result) is called in the driver after each committed unit (unit_id, n, failures,
     compute_s, wall_s, pid of the actor): progress hooks, benchmarks, fault-injection tests.
     """
-    store = CacheStore.create_or_open(job.store_path, job.provenance, projector=teacher_projector(job.teacher_dir))
+    first = teacher_first_layer(job.teacher_dir) if job.provenance.attention == "recompute" else None
+    store = CacheStore.create_or_open(job.store_path, job.provenance, projector=teacher_projector(job.teacher_dir),
+                                      first_layer=first)
     gone = store.remove_leftovers()  # of killed earlier runs (we hold the dump lock: none is live here)
     if gone:
         log(f"removed {len(gone)} leftover(s) of an interrupted earlier run: "

@@ -137,6 +137,26 @@ def projector_tokens_mode(wf: Workflow, teacher_tower: str, problems: list[str],
     return "recompute"
 
 
+ATTENTION = ("auto", "recompute", "stored")
+
+
+def attention_mode(wf: Workflow, tokens: str, blocks: tuple[str, ...], problems: list[str], notes: list[str]) -> str:
+    """cache.attention → "stored" | "recompute": recompute needs the projector tokens recomputed
+    (they are part of layer 0's input) and first-layer blocks only; auto takes it whenever it can."""
+    want = wf.cache.attention
+    if want not in ATTENTION:
+        problems.append(f"cache.attention={want!r} (allowed: {', '.join(ATTENTION)})")
+        return "stored"
+    ok = tokens == "recompute" and all(b.startswith("first.") for b in blocks)
+    if want == "recompute" and not ok:
+        problems.append(f"cache.attention=recompute needs the projector tokens recomputed (they are {tokens}) and "
+                        f"first-layer blocks only (cache.layers {list(wf.cache.layers)}): set cache.attention: stored")
+    if want == "auto" and not ok:
+        notes.append("cache.attention auto -> stored (the teacher's attention needs its projector tokens recomputed and "
+                     "first-layer blocks only to be recomputed)")
+    return "recompute" if ok and want != "stored" else "stored"
+
+
 def _abs(p: str) -> Path:
     return Path(p).expanduser().resolve()
 
@@ -276,6 +296,7 @@ def check_inputs(wf: Workflow, subset: str, workers: int | None = None, batch_si
             problems.append(f"{wf.label('models.teacher')}: cannot read its vision tower ({exc})")
             tower = NOT_HASHED
         mode = projector_tokens_mode(wf, tower, problems, notes)
+        attention = attention_mode(wf, mode, tuple(f"{l}.{b}" for l in layers for b in blocks), problems, notes)
         try:
             prov = Provenance(
                 teacher_fingerprint=checkpoint_fingerprint(teacher) if hashed else NOT_HASHED,
@@ -287,7 +308,7 @@ def check_inputs(wf: Workflow, subset: str, workers: int | None = None, batch_si
                 teacher_heads=cfg.num_attention_heads, teacher_hidden_size=cfg.hidden_size,
                 vocab_size=cfg.vocab_size, logits_topk=wf.cache.logits_topk, focus_k=wf.cache.focus_k,
                 attn_blocks=tuple(f"{l}.{b}" for l in layers for b in blocks), encoding=encoding,
-                projector_tokens=mode, vision_tower_fingerprint=tower,
+                projector_tokens=mode, vision_tower_fingerprint=tower, attention=attention,
             )
         except ValueError as exc:
             problems.append(f"cache section: {exc}")

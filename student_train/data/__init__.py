@@ -93,6 +93,8 @@ def build_train_loader(
         needs = resolve_loss(wf.train.loss).teacher_targets()
         if reader.provenance.projector_tokens != "stored":  # the trained module recomputes them (teacher_projector.py)
             needs = dataclasses.replace(needs, vision_tokens=False)
+        if reader.provenance.attention != "stored":  # and the first-layer attention
+            needs = dataclasses.replace(needs, attn=())
         num_missing = _drop_missing(wf, rows, reader)
     else:
         reader = None

@@ -29,7 +29,7 @@ GOLDEN = {
         "manifest_fingerprint": "m", "templates": ["plain", "v1"], "subset": "short", "max_length": 2048,
         "num_vision_tokens": 144, "teacher_heads": 32, "teacher_hidden_size": 4096, "vocab_size": 32000,
         "logits_topk": 64, "focus_k": 16, "attn_blocks": ["first.tv"],
-        "projector_tokens": "stored", "vision_tower_fingerprint": "",
+        "projector_tokens": "stored", "vision_tower_fingerprint": "", "attention": "stored",
         "encoding": {"attn": "u8sqrt", "logprobs": "f16", "vision": "f16", "attn_codec": "zstd:3",
                      "logits_codec": "blosc:zstd:3:shuffle", "vision_codec": "blosc:zstd:3:shuffle",
                      "chunk_bytes_large": 1048576, "chunk_bytes_small": 65536, "shard_chunks": 64},
@@ -45,6 +45,7 @@ GOLDEN = {
         "image_tokens": _arr("<f2", "blosc:zstd:3:shuffle", 524288, 33554432, kind="image"),
     },
     "projector": None,
+    "first_layer": None,
 }
 
 
@@ -70,7 +71,7 @@ def test_recompute_store_golden(tmp_path):
                                         vision_tower_fingerprint="v", created_at=meta["provenance"]["created_at"],
                                         created_by=meta["provenance"]["created_by"]),
                 layout={k: v for k, v in GOLDEN["layout"].items() if k != "image_tokens"},
-                projector={"mlp.0.weight": {"shape": [2, 3], "crc32": crc32(w)}})
+                projector={"mlp.0.weight": {"shape": [2, 3], "crc32": crc32(w)}}, first_layer=None)
     assert meta == want
     assert (tmp_path / "c" / "projector" / "mlp.0.weight" / "zarr.json").is_file()
     CacheStore.open(tmp_path / "c").finalize([])
