@@ -51,7 +51,8 @@ class WorkerSpec:
 def reduce_spec(prov: Provenance) -> ReduceSpec:
     enc = prov.encoding
     return ReduceSpec(
-        attn_keys=prov.stored_attn_keys,  # none when the student recomputes them; focus is computed either way focus_k=prov.focus_k, logits_topk=prov.logits_topk,
+        # none when the student recomputes them; focus is computed either way
+        attn_keys=prov.stored_attn_keys, focus_k=prov.focus_k, logits_topk=prov.logits_topk,
         wire_attn=torch.float16 if enc.attn == "f16" else torch.float32,
         wire_logprobs=torch.float16 if enc.logprobs == "f16" else torch.float32,
         wire_vision=_WIRE.get(enc.vision, torch.float32),

@@ -48,20 +48,22 @@ def test_cache_size_tiny_store_is_measured(tmp_path):
     from benchmarks.cache_size import main
 
     rep = main(["--tiny", "--samples", "4", "--batch", "2", "--threads", "1", "--out", str(tmp_path),
-                "--encodings", "default,default + stored tokens,lossless,u4sqrt + bitshuffle",
+                "--encodings", "default,v1 layout (all stored),lossless,u4sqrt + bitshuffle",
                 "--save-attn", str(tmp_path / "a.npz")])
     assert json.loads((tmp_path / "cache_size.json").read_text())["samples"] == rep["samples"] == 4
-    d, stored, lossless, u4 = (rep["encodings"][k] for k in ("default", "default + stored tokens", "lossless",
+    d, stored, lossless, u4 = (rep["encodings"][k] for k in ("default", "v1 layout (all stored)", "lossless",
                                                              "u4sqrt + bitshuffle"))
     for m in (d, stored, lossless, u4):
         g = m["groups_bytes_per_sample"]
-        assert all(g[k] > 0 for k in ("attention", "logits", "focus"))
+        assert all(g[k] > 0 for k in ("logits", "focus"))
         assert (g["vision"] > 0) == (m["projector_tokens"] == "stored")  # recompute: no tokens in the store
+        assert (g["attention"] > 0) == (m["attention"] == "stored")  # nor attention
         assert m["projector_bytes_once"] > 0  # the teacher projector, once per store, counted apart
+        assert (m["first_layer_bytes_once"] > 0) == (m["attention"] == "recompute")
         assert m["du_bytes_per_sample"] > m["arrays_bytes_per_sample"] >= sum(g.values()) * 0.999
     assert stored["projection_short"]["tb_vision_per_image"] < stored["projection_short"]["tb_vision_per_sample"]
     assert d["du_bytes_per_sample"] < stored["du_bytes_per_sample"]
-    assert d["arrays"]["attn_first_tv"]["raw_bytes_per_sample"] * 4 == lossless["arrays"]["attn_first_tv"]["raw_bytes_per_sample"]
-    assert lossless["groups_bytes_per_sample"]["attention"] > d["groups_bytes_per_sample"]["attention"]
+    assert stored["arrays"]["attn_first_tv"]["raw_bytes_per_sample"] == u4["arrays"]["attn_first_tv"]["raw_bytes_per_sample"]  # u1 codes
+    assert u4["groups_bytes_per_sample"]["attention"] < stored["groups_bytes_per_sample"]["attention"]
     assert np.load(tmp_path / "a.npz")["s000"].shape[0] == 4  # heads of the tiny teacher
     assert "| default |" in (tmp_path / "cache_size.md").read_text()

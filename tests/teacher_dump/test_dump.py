@@ -48,22 +48,40 @@ def _eager(model: MobileVLM, row: dict):
 
 
 def test_targets_equal_the_eager_teacher(reference):
+    """Every target against an independent eager run of the teacher. The default store recomputes
+    the first-layer attention (cache.attention auto): its blocks are rebuilt from the store's
+    teacher weights over the tower's features exactly as student_train does, and compared too."""
+    from student_train.teacher_projector import TeacherFirstLayer, TeacherTokens
+
     prov = reference.job.provenance
     model = MobileVLM.from_pretrained(reference.job.teacher_dir, attn_implementation="eager")
     r = CacheReader(reference.store)
     k = prov.logits_topk
+    first = None
+    if prov.attention == "recompute":
+        assert not any((p / "attn_first_tv").exists() for p in (reference.store / "units").iterdir())
+        tt = TeacherTokens(r.teacher_projector(), prov.num_vision_tokens, "cpu")
+        tt.capture(model.vision_tower)  # the teacher's tower is the student's (same fingerprint)
+        first = TeacherFirstLayer(*r.teacher_first_layer(), tt, ("tv",), "cpu")
     for row in reference.job.rows.table.to_pylist():
+        if first is not None:
+            first.tokens.reset()
         a0, logits, si, px = _eager(model, row)
         s = r.get(row["sample_id"])
         assert s.token_hash == row["token_hash"] and s.n_text == si.n_text_after
         if si.has_image:
             tv = a0[:, si.t_start : si.length, si.v_start : si.v_start + si.n_vision].numpy()  # [H, |T|, |V|]
-            got_tv = s.attn[("first", "tv")]
-            if prov.encoding.attn in ("u8", "u8sqrt"):
+            if first is not None:  # recomputed in fp32 from the stored teacher weights: the eager values
+                ids = torch.tensor([row["input_ids"]])
+                got_tv = first.attention(ids, px, torch.ones_like(ids))[("first", "tv")][0].numpy()
+                np.testing.assert_allclose(got_tv, tv, rtol=1e-4, atol=1e-6, err_msg=row["sample_id"])
+            elif prov.encoding.attn in ("u8", "u8sqrt"):
+                got_tv = s.attn[("first", "tv")]
                 # 8-bit codes scaled per row: |err| <= row max / 255 (cache_schema/README.md)
                 bound = tv.max(axis=-1, keepdims=True) / 255 + 1e-7
                 assert (np.abs(got_tv - tv) <= bound).all(), row["sample_id"]
             else:  # float16: |err| <= 2^-11 * p; float32: exact
+                got_tv = s.attn[("first", "tv")]
                 np.testing.assert_allclose(got_tv, tv, rtol=1e-3, atol=1e-6, err_msg=row["sample_id"])
             score = tv.mean(axis=(0, 1))  # focus score per vision token
             kth = np.sort(score)[::-1][prov.focus_k - 1]
@@ -72,7 +90,7 @@ def test_targets_equal_the_eager_teacher(reference):
                 np.testing.assert_allclose(r.image_tokens(row["image_hash"]),
                                            model.encode_images(px)[0].detach().numpy(), rtol=2e-3, atol=1e-4)
         else:
-            assert s.attn[("first", "tv")].shape[1] == 0 and s.focus.shape == (0,)
+            assert s.focus.shape == (0,) and (first is not None or s.attn[("first", "tv")].shape[1] == 0)
         logp = torch.log_softmax(logits[torch.as_tensor(si.resp)].double(), -1)  # [|R|, vocab]
         assert s.topk_ids.shape == (len(si.resp), k)
         got = logp.gather(1, torch.as_tensor(s.topk_ids)).numpy()
