@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from benchmarks.storage import _array_bytes
-from benchmarks.synth import Arch, Setting, bench_provenance, configs, make_batches
+from benchmarks.synth import Arch, Setting, bench_provenance, configs, first_layer_of, make_batches
 from benchmarks.common import write_outputs
 from cache_schema import CacheStore, Encoding
 from cache_schema.schema import encode_sample, validate_image
@@ -126,13 +126,7 @@ def measure_store(teacher: MobileVLM, samples: list, images: list, enc: Encoding
     prov = replace(bench_provenance(teacher, topk=64, focus_k=16, encoding=enc), projector_tokens=projector_tokens,
                    vision_tower_fingerprint="benchmark", attention=attention)
     projector = {k: v.detach().float().numpy() for k, v in teacher.model.mm_projector.state_dict().items()}
-    first = None
-    if attention == "recompute":
-        layer = teacher.model.layers[0]
-        first = ({"embed_tokens.weight": teacher.model.embed_tokens.weight.detach().float().numpy(),
-                  "input_layernorm.weight": layer.input_layernorm.weight.detach().float().numpy(),
-                  **{f"{n}.{p}": t.detach().float().numpy() for n in ("q_proj", "k_proj")
-                     for p, t in getattr(layer.self_attn, n).named_parameters()}}, teacher.config.to_dict())
+    first = first_layer_of(teacher) if attention == "recompute" else None
     store = CacheStore.create_or_open(path, prov, projector=projector, first_layer=first)
     raw: dict[str, int] = {}  # stored-dtype bytes before the codec, from the schema's own encoder
     per_unit = 4

@@ -9,9 +9,10 @@ shapes matter for cost). For fp16 and bf16 (autocast, fp32 master weights; GradS
 sft / cached / online steps exactly as `benchmarks.train_cost` measures them on CPU, then the
 recipe's DeepSpeed ZeRO-2 engine (workflows/zero2.json filled by student_train.engine, the
 recipe's TrainModule and AdamW groups) on cached batches, and one reader worker at the real
-shapes against what the student consumes. The store has the dump's default cache (projector tokens
-recomputed by the trained module from the student's tower, u8sqrt attention), so the cached step
-includes rebuilding the teacher's tokens. Without CUDA it says so and exits 0 without measuring.
+shapes against what the student consumes. The store has the dump's default cache (cache v2: the
+teacher's projector tokens and first-layer attention recomputed by the trained module from the
+student's tower features and the teacher weights the store keeps), so the cached step includes
+rebuilding them. Without CUDA it says so and exits 0 without measuring.
 `--device cpu --tiny` runs the same code on tiny shapes (a test of the script, not a benchmark).
 """
 
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             p = prepare(s, a.device, amp, Path(tmp))
             prov = p.reader.provenance  # the dump's defaults: projector tokens recomputed, u8sqrt attention
-            rep["cache"] = {"projector_tokens": prov.projector_tokens, "attn": prov.encoding.attn,
+            rep["cache"] = {"projector_tokens": prov.projector_tokens, "attention": prov.attention, "attn": prov.encoding.attn,
                             "vision": prov.encoding.vision, "logprobs": prov.encoding.logprobs}
             runs = build_modes(p, a.device, amp)
             modes = measure_modes(runs, s.batch, a.device, amp, a.steps, a.warmup)
@@ -167,9 +168,9 @@ def _markdown(rep: dict, report) -> str:
            f"`{rep['meta']['command']}`; torch {env['torch']}, CUDA {env.get('cuda')}, deepspeed {env.get('deepspeed')}; "
            f"{rep['meta']['wall_s']:.0f} s.", ""]
     c = rep.get("cache", {})
-    out += [f"Cached mode reads the default store: projector tokens {c.get('projector_tokens')} (rebuilt in the step "
-            f"from the student's tower features by the stored teacher projector), attention {c.get('attn')}, "
-            f"log-probs {c.get('logprobs')}.", ""]
+    out += [f"Cached mode reads the default store: projector tokens {c.get('projector_tokens')}, first-layer attention "
+            f"{c.get('attention')} (both rebuilt in the step from the student's tower features and the teacher weights the "
+            f"store keeps once), log-probs {c.get('logprobs')}.", ""]
     out += report.train_table({"settings": rep["settings"], "notes": rep["notes"]}, "Training cost per step (autocast, fp32 master weights)")
     if rep["deepspeed"]:
         out += ["### DeepSpeed ZeRO-2 (recipe engine, cached mode, Align-KD loss)", "",
