@@ -60,11 +60,12 @@ ENCODINGS = {
     "attention stored (u8sqrt)": (Encoding(), "recompute", "stored"),
     "v1 layout (all stored)": (Encoding(), "stored", "stored"),
     "lossless": (Encoding.lossless(), "recompute", "recompute"),
-    "lossless, all stored": (Encoding.lossless(), "stored", "stored"),
+    "lossless (all stored)": (Encoding.lossless(), "stored", "stored"),
     "u6sqrt + bitshuffle": (Encoding(attn="u6sqrt", attn_codec="blosc:zstd:3:bitshuffle"), "recompute", "stored"),
     "u5sqrt + bitshuffle": (Encoding(attn="u5sqrt", attn_codec="blosc:zstd:3:bitshuffle"), "recompute", "stored"),
     "u4sqrt + bitshuffle": (Encoding(attn="u4sqrt", attn_codec="blosc:zstd:3:bitshuffle"), "recompute", "stored"),
 }
+assert not any("," in k for k in ENCODINGS), "--encodings takes a comma-separated list of these labels"
 
 
 def slice_setting(n_samples: int, batch: int, n_text: int, n_resp: int, layers: int = 2) -> Setting:
