@@ -67,3 +67,15 @@ def test_cache_size_tiny_store_is_measured(tmp_path):
     assert u4["groups_bytes_per_sample"]["attention"] < stored["groups_bytes_per_sample"]["attention"]
     assert np.load(tmp_path / "a.npz")["s000"].shape[0] == 4  # heads of the tiny teacher
     assert "| default |" in (tmp_path / "cache_size.md").read_text()
+
+
+def test_a_recomputed_row_costs_no_bytes_and_its_error_is_measured():
+    t_np = _blocks()
+    t = [torch.from_numpy(a) for a in t_np]
+    near = near_student(t, 4)
+    studs = {"near": (near, fit_adapter(near, t, 4, 8))}
+    off = [a * np.float32(1 + 1e-3) for a in t_np]  # a recompute 0.1% off: measured, not assumed exact
+    rows = error_table(t_np, studs, {"f32": ENCODINGS["f32"]}, {"exact": t_np, "off": off})
+    assert rows["exact"]["bits_per_entry"] == 0 and rows["exact"]["max_abs_err"] == 0
+    assert rows["exact"]["students"]["near"]["loss_rel_err"] == 0
+    assert rows["off"]["max_abs_err"] > 0 and rows["off"]["students"]["near"]["grad_angle_deg"] > 0
