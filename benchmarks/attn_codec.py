@@ -52,7 +52,7 @@ ENCODINGS = {
     "f32": ("f32", "blosc:zstd:3:bitshuffle"),
     "f16": ("f16", "blosc:zstd:3:bitshuffle"),
     "u8 + zstd": ("u8", "zstd:3"),
-    "u8sqrt + zstd (default)": ("u8sqrt", "zstd:3"),
+    "u8sqrt + zstd (stored default)": ("u8sqrt", "zstd:3"),
     "u8sqrt + bitshuffle": ("u8sqrt", "blosc:zstd:3:bitshuffle"),
     "u6 + bitshuffle": ("u6", "blosc:zstd:3:bitshuffle"),
     "u6sqrt + bitshuffle": ("u6sqrt", "blosc:zstd:3:bitshuffle"),

@@ -33,10 +33,10 @@ def test_error_table_orders_encodings():
     bits = {k: r["bits_per_entry"] for k, r in rows.items()}
     assert bits["u4sqrt + bitshuffle"] < bits["u6sqrt + bitshuffle"] < bits["u8sqrt + bitshuffle"] < bits["f16"] < bits["f32"]
     for s in ("init", "near"):
-        ang = {k: rows[k]["students"][s]["grad_angle_deg"] for k in ("u4sqrt + bitshuffle", "u6sqrt + bitshuffle", "u8sqrt + zstd (default)")}
-        assert ang["u4sqrt + bitshuffle"] > ang["u6sqrt + bitshuffle"] > ang["u8sqrt + zstd (default)"] > 0, (s, ang)
+        ang = {k: rows[k]["students"][s]["grad_angle_deg"] for k in ("u4sqrt + bitshuffle", "u6sqrt + bitshuffle", "u8sqrt + zstd (stored default)")}
+        assert ang["u4sqrt + bitshuffle"] > ang["u6sqrt + bitshuffle"] > ang["u8sqrt + zstd (stored default)"] > 0, (s, ang)
     # a code transform changes bytes only: the decoded values, so every error, are the mode's
-    for a, b in (("u8sqrt row-delta + zstd", "u8sqrt + zstd (default)"), ("u4sqrt row-delta + bitshuffle", "u4sqrt + bitshuffle")):
+    for a, b in (("u8sqrt row-delta + zstd", "u8sqrt + zstd (stored default)"), ("u4sqrt row-delta + bitshuffle", "u4sqrt + bitshuffle")):
         assert rows[a]["students"] == rows[b]["students"] and rows[a]["max_abs_err"] == rows[b]["max_abs_err"]
         assert rows[a]["transform"] == "rowdelta" and rows[b]["transform"] is None
 
