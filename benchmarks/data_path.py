@@ -40,6 +40,9 @@ def _loader(wf: Workflow, reader: CacheReader, epochs: int):
 def reader_rate(reader: CacheReader, needs: TeacherTargets, min_s: float = 1.0) -> dict:
     """samples/s of get → image_tokens → from_cached (what a loader worker does per sample, minus
     the image file), repeated over the store until `min_s` seconds have passed."""
+    from student_train.data import stored_needs
+
+    needs = stored_needs(needs, reader.provenance)  # what a loader worker reads of this store
     ids, n, t0 = reader.sample_ids, 0, time.perf_counter()
     while True:
         for s in reader.iter_samples(ids):

@@ -24,6 +24,7 @@ from cache_schema import CacheReader, CacheStore, Encoding, Provenance
 from pipeline.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from pipeline.models import CaptureSpec, MobileVLM, MobileVLMConfig
 from pipeline.positions import sample_index
+from student_train.data import stored_needs
 from student_train.data.batch import StudentBatch, pad_text, stack_images
 from student_train.losses import TeacherTargets
 from student_train.teacher_targets import collate_teacher, from_cached
@@ -173,10 +174,7 @@ def write_store(teacher: MobileVLM, batches: list[StudentBatch], path: Path, top
 def attach_cached(batches: list[StudentBatch], reader: CacheReader, needs: TeacherTargets) -> list[StudentBatch]:
     """Copies of `batches` whose `.teacher` is read from the store (what the cached loader yields:
     no projector tokens from a recompute store, the trained module rebuilds them)."""
-    if reader.provenance.projector_tokens != "stored":
-        needs = replace(needs, vision_tokens=False)
-    if reader.provenance.attention != "stored":
-        needs = replace(needs, attn=())
+    needs = stored_needs(needs, reader.provenance)
     out = []
     for b in batches:
         per = []

@@ -28,6 +28,7 @@ from pipeline.preflight import format_counts, human_bytes, manifest_counts
 from teacher_dump.actor import TeacherWorker, WorkerSpec, read_failures
 from teacher_dump.lock import dump_lock
 from teacher_dump.plan import Plan, Unit, make_plan, plan_digest, projected_bytes
+from teacher_dump.teacher_weights import create_or_open_store, teacher_first_layer, teacher_projector  # noqa: F401
 from teacher_dump.validate import NOT_HASHED, DumpInputError, DumpJob
 
 UNITS_IN_FLIGHT = 2  # per actor: one computing, one committing (the actor's max_concurrency)
@@ -147,36 +148,9 @@ class _Actors:
 
 
 # ---- run ---------------------------------------------------------------------------------------
-def teacher_projector(teacher_dir: Path) -> dict:
-    """The teacher's projector weights (name → float32 numpy), read alone from its checkpoint: kept
-    once in a new store so a student with the same tower can rebuild the projector tokens."""
-    from pipeline.models.checkpoint import read_tensors
-
-    prefix = "model.mm_projector."
-    return {k[len(prefix):]: v.float().numpy() for k, v in read_tensors(teacher_dir, lambda k: k.startswith(prefix)).items()}
-
-
-FIRST_LAYER_KEYS = {"model.embed_tokens.weight": "embed_tokens.weight",
-                    "model.layers.0.input_layernorm.weight": "input_layernorm.weight",
-                    "model.layers.0.self_attn.q_proj.weight": "q_proj.weight",
-                    "model.layers.0.self_attn.q_proj.bias": "q_proj.bias",
-                    "model.layers.0.self_attn.k_proj.weight": "k_proj.weight",
-                    "model.layers.0.self_attn.k_proj.bias": "k_proj.bias"}
-
-
-def teacher_first_layer(teacher_dir: Path) -> tuple[dict, dict]:
-    """(the tensors layer 0's attention probabilities depend on, config.json): the embedding rows,
-    layer 0's input norm and q/k projections (≈ 165 M parameters for the 7B, read alone), kept once
-    in an attention-recompute store (student_train.teacher_projector.TeacherFirstLayer)."""
-    got = read_first_layer_tensors(teacher_dir)
-    return got, json.loads((Path(teacher_dir) / "config.json").read_text())
-
-
-def read_first_layer_tensors(teacher_dir: Path) -> dict:
-    from pipeline.models.checkpoint import read_tensors
-
-    t = read_tensors(teacher_dir, lambda k: k in FIRST_LAYER_KEYS)
-    return {FIRST_LAYER_KEYS[k]: v.float().numpy() for k, v in t.items()}
+def open_store(job: DumpJob) -> CacheStore:
+    """Create the job's store (with the teacher weights it keeps once) or open it to resume."""
+    return create_or_open_store(job.store_path, job.provenance, job.teacher_dir)
 
 
 def run_units(job: DumpJob, plan: Plan, address: str | None = None, progress: bool = True,
@@ -186,9 +160,7 @@ def run_units(job: DumpJob, plan: Plan, address: str | None = None, progress: bo
     on_unit(result) is called in the driver after each committed unit (unit_id, n, failures,
     compute_s, wall_s, pid of the actor): progress hooks, benchmarks, fault-injection tests.
     """
-    first = teacher_first_layer(job.teacher_dir) if job.provenance.attention == "recompute" else None
-    store = CacheStore.create_or_open(job.store_path, job.provenance, projector=teacher_projector(job.teacher_dir),
-                                      first_layer=first)
+    store = open_store(job)
     gone = store.remove_leftovers()  # of killed earlier runs (we hold the dump lock: none is live here)
     if gone:
         log(f"removed {len(gone)} leftover(s) of an interrupted earlier run: "
