@@ -167,6 +167,9 @@ def show(path: Path = typer.Argument(..., help="cache directory"),
         typer.echo(f"    r{t}: {' '.join(parts)}  | tail {np.exp(s.tail_logmass[t]):.4f}")
     if png is not None:
         tv = next((a for (_, b), a in s.attn.items() if b == "tv"), None)
+        if prov.attention == "recompute":
+            _fail(f"{path}: the store keeps no attention (cache.attention: recompute, the student recomputes it); "
+                  "draw from a store dumped with cache.attention: stored")
         if tv is None or not tv.size:
             _fail(f"sample {sample_id!r} has no T→V attention to draw (blocks: {list(prov.attn_blocks)})")
         g = int(round(tv.shape[2] ** 0.5))
