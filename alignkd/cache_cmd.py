@@ -147,7 +147,9 @@ def show(path: Path = typer.Argument(..., help="cache directory"),
         typer.echo(f"  attn {layer}.{block}: {list(a.shape)} float32  row sums mean {a.sum(-1).mean():.4f}"
                    if a.size else f"  attn {layer}.{block}: {list(a.shape)} (empty)")
     typer.echo(f"  focus ({len(s.focus)}): {s.focus.tolist()}")
-    if s.image_hash:
+    if s.image_hash and prov.projector_tokens != "stored":
+        typer.echo(f"  vision tokens: not stored (recomputed by a student with tower {prov.vision_tower_fingerprint})")
+    elif s.image_hash:
         v = r.image_tokens(s.image_hash)
         typer.echo(f"  vision tokens: {list(v.shape)} float32  mean|x| {np.abs(v).mean():.4g}  max|x| {np.abs(v).max():.4g}")
     tok = None
@@ -165,6 +167,9 @@ def show(path: Path = typer.Argument(..., help="cache directory"),
         typer.echo(f"    r{t}: {' '.join(parts)}  | tail {np.exp(s.tail_logmass[t]):.4f}")
     if png is not None:
         tv = next((a for (_, b), a in s.attn.items() if b == "tv"), None)
+        if prov.attention == "recompute":
+            _fail(f"{path}: the store keeps no attention (cache.attention: recompute, the student recomputes it); "
+                  "draw from a store dumped with cache.attention: stored")
         if tv is None or not tv.size:
             _fail(f"sample {sample_id!r} has no T→V attention to draw (blocks: {list(prov.attn_blocks)})")
         g = int(round(tv.shape[2] ** 0.5))

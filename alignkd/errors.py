@@ -36,6 +36,7 @@ USER_ERRORS = frozenset({
     "student_train.plan.PlanError",
     "student_train.checkpoint.ResumeError",
     "student_train.data.store_check.StoreMismatchError",
+    "student_train.teacher_projector.TowerMismatchError",
     "student_train.data.dataset.CacheMismatchError",
     "student_train.losses.presets.LossConfigError",
     "student_train.engine.EngineConfigError",

@@ -44,18 +44,36 @@ from cache_schema import codecs as C
 from student_train.adapters import HeadAdapter
 from student_train.losses import attention_distill_loss
 
-# label → (mode, codec); the reference is f32
+# label → (mode, codec[, code transform]); the reference is f32. Transforms (bytes only: the
+# decoded values are the mode's): "rowdelta" stores each code minus the code of the previous text
+# row of the same head and vision token (mod 256; adjacent queries attend alike), "zstd:19" a
+# slower zstd level. Measured here before any becomes a store codec.
 ENCODINGS = {
     "f32": ("f32", "blosc:zstd:3:bitshuffle"),
     "f16": ("f16", "blosc:zstd:3:bitshuffle"),
     "u8 + zstd": ("u8", "zstd:3"),
-    "u8sqrt + zstd (default)": ("u8sqrt", "zstd:3"),
+    "u8sqrt + zstd (stored default)": ("u8sqrt", "zstd:3"),
     "u8sqrt + bitshuffle": ("u8sqrt", "blosc:zstd:3:bitshuffle"),
     "u6 + bitshuffle": ("u6", "blosc:zstd:3:bitshuffle"),
     "u6sqrt + bitshuffle": ("u6sqrt", "blosc:zstd:3:bitshuffle"),
+    "u5sqrt + bitshuffle": ("u5sqrt", "blosc:zstd:3:bitshuffle"),
     "u4 + bitshuffle": ("u4", "blosc:zstd:3:bitshuffle"),
     "u4sqrt + bitshuffle": ("u4sqrt", "blosc:zstd:3:bitshuffle"),
+    "u8sqrt + zstd:19": ("u8sqrt", "zstd:19"),
+    "u8sqrt row-delta + zstd": ("u8sqrt", "zstd:3", "rowdelta"),
+    "u8sqrt row-delta + bitshuffle": ("u8sqrt", "blosc:zstd:3:bitshuffle", "rowdelta"),
+    "u6sqrt row-delta + bitshuffle": ("u6sqrt", "blosc:zstd:3:bitshuffle", "rowdelta"),
+    "u4sqrt row-delta + bitshuffle": ("u4sqrt", "blosc:zstd:3:bitshuffle", "rowdelta"),
 }
+
+
+def _transform(q: np.ndarray, how: str | None) -> np.ndarray:
+    """q: [H, r, c] codes → the bytes to compress (invertible: a cumulative sum mod 256 undoes rowdelta)."""
+    if how is None or q.ndim != 3 or q.shape[1] < 2:
+        return q
+    d = q.copy()
+    d[:, 1:] = (q[:, 1:].astype(np.int16) - q[:, :-1].astype(np.int16)).astype(np.uint8)  # mod 256
+    return d
 
 
 def _zarr_bytes(root: Path, name: str, flat: np.ndarray, codec: str, chunk_bytes: int) -> int:
@@ -68,19 +86,19 @@ def _zarr_bytes(root: Path, name: str, flat: np.ndarray, codec: str, chunk_bytes
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.name != "zarr.json")
 
 
-def encoded_bits(blocks: list[np.ndarray], mode: str, codec: str, tmp: Path) -> dict:
+def encoded_bits(blocks: list[np.ndarray], mode: str, codec: str, tmp: Path, transform: str | None = None) -> dict:
     """Bits per attention entry on disk (values + per-row scales) and the decoded blocks."""
     enc = Encoding()
     codes, scales, dec = [], [], []
     for a in blocks:
         q, s = C.encode_attn(a, mode)
-        codes.append(q.ravel())
+        codes.append(_transform(q, transform).ravel())
         if s is not None:
             scales.append(s.ravel())
         dec.append(C.decode_attn(q, s, mode))
     n = sum(a.size for a in blocks)
-    v = _zarr_bytes(tmp, f"{mode}-{codec}-v", np.concatenate(codes), codec, enc.chunk_bytes_large)
-    s = _zarr_bytes(tmp, f"{mode}-{codec}-s", np.concatenate(scales), enc.logits_codec, enc.chunk_bytes_small) if scales else 0
+    v = _zarr_bytes(tmp, f"{mode}-{codec}-{transform}-v", np.concatenate(codes), codec, enc.chunk_bytes_large)
+    s = _zarr_bytes(tmp, f"{mode}-{codec}-{transform}-s", np.concatenate(scales), enc.logits_codec, enc.chunk_bytes_small) if scales else 0
     return {"bits_per_entry": 8.0 * (v + s) / n, "value_bits": 8.0 * v / n, "scale_bits": 8.0 * s / n, "decoded": dec}
 
 
@@ -124,15 +142,20 @@ def _angle(g0: torch.Tensor, g1: torch.Tensor) -> float:
 
 
 def error_table(teacher_np: list[np.ndarray], students: dict[str, tuple[list[torch.Tensor], HeadAdapter]],
-                encodings: dict[str, tuple[str, str]]) -> dict:
-    """Per encoding: bits/entry on disk, max |error|, and per student the loss/gradient error vs f32."""
+                encodings: dict[str, tuple[str, str]], recomputed: dict[str, list[np.ndarray]] | None = None) -> dict:
+    """Per encoding: bits/entry on disk, max |error|, and per student the loss/gradient error vs f32.
+    recomputed: label → blocks the student recomputes instead of reading (0 bits per entry)."""
     teacher = [torch.from_numpy(a) for a in teacher_np]
     ref = {name: loss_and_grad(s, teacher, ad) for name, (s, ad) in students.items()}
     rows = {}
+    todo = list(encodings.items()) + [(k, ("recompute", "-", v)) for k, v in (recomputed or {}).items()]
     with tempfile.TemporaryDirectory(prefix="attn_codec_") as tmp:
-        for label, (mode, codec) in encodings.items():
-            e = encoded_bits(teacher_np, mode, codec, Path(tmp))
-            dec = [torch.from_numpy(d) for d in e.pop("decoded")]
+        for label, (mode, codec, *how) in todo:
+            if mode == "recompute":
+                e = {"bits_per_entry": 0.0, "value_bits": 0.0, "scale_bits": 0.0, "decoded": how.pop()}
+            else:
+                e = encoded_bits(teacher_np, mode, codec, Path(tmp), how[0] if how else None)
+            dec = [torch.from_numpy(np.ascontiguousarray(d)) for d in e.pop("decoded")]
             row = {"mode": mode, "codec": codec, **e,
                    "max_abs_err": max(float((d - t).abs().max()) for d, t in zip(dec, teacher) if t.numel()),
                    "students": {}}
@@ -141,13 +164,18 @@ def error_table(teacher_np: list[np.ndarray], students: dict[str, tuple[list[tor
                 l1, g1 = loss_and_grad(s, dec, ad)
                 row["students"][name] = {"loss": l0, "loss_rel_err": abs(l1 - l0) / l0, "grad_angle_deg": _angle(g0, g1),
                                          "grad_rel_err": float((g1 - g0).norm() / g0.norm())}
-            rows[label] = row
+            rows[label] = dict(row, transform=how[0] if how else None)
     return rows
 
 
 @torch.inference_mode()
-def toy_attention(teacher_dir: str, student_dir: str, world: Path, n_records: int, batch: int = 16) -> tuple[list, list, dict]:
-    """First-layer T→V blocks of teacher and student over the world's first `n_records` eval records."""
+def toy_attention(teacher_dir: str, student_dir: str, world: Path, n_records: int, batch: int = 16) -> tuple[list, list, dict, list]:
+    """First-layer T→V blocks of teacher and student over the world's first `n_records` eval records,
+    and the teacher's blocks as an attention-recompute store's student recomputes them (the teacher
+    projector and first-layer weights only, over the tower's features of the same batch)."""
+    from benchmarks.synth import first_layer_of
+    from student_train.teacher_projector import TeacherFirstLayer, TeacherTokens
+
     from PIL import Image
     from transformers import AutoTokenizer
 
@@ -159,7 +187,11 @@ def toy_attention(teacher_dir: str, student_dir: str, world: Path, n_records: in
     teacher, student = MobileVLM.from_pretrained(teacher_dir).eval(), MobileVLM.from_pretrained(student_dir).eval()
     records = json.loads((world / "data" / "eval.json").read_text())[:n_records]
     spec = CaptureSpec(("first",), ("tv",))
-    t_blocks, s_blocks = [], []
+    t_blocks, s_blocks, r_blocks = [], [], []
+    tokens = TeacherTokens({k: v.float().numpy() for k, v in teacher.model.mm_projector.state_dict().items()},
+                           teacher.num_vision_tokens, "cpu")
+    tokens.capture(student.vision_tower)  # the student's tower: the features training has at hand
+    first = TeacherFirstLayer(*first_layer_of(teacher), tokens, ("tv",), "cpu")
     for i in range(0, len(records), batch):
         rs = records[i:i + batch]
         ids, lab, am = pad_encoded([encode_conversation(r["conversations"], "v1", tok, True) for r in rs])
@@ -168,13 +200,15 @@ def toy_attention(teacher_dir: str, student_dir: str, world: Path, n_records: in
             with Image.open(world / "images" / r["image"]) as im:
                 imgs.append(preprocess_image(im.convert("RGB"), teacher.config))
         imgs = torch.stack(imgs)
+        tokens.reset()
         for model, out in ((teacher, t_blocks), (student, s_blocks)):
             al = model.forward_align(input_ids=ids, images=imgs, attention_mask=am, labels=None, spec=spec)
             out += [a.float().contiguous() for a in al.attn[("first", "tv")]]
+        r_blocks += [a.numpy() for a in first.attention(ids, imgs, am)[("first", "tv")]]
     shapes = {"teacher_heads": teacher.config.num_attention_heads, "student_heads": student.config.num_attention_heads,
               "n_vision": int(t_blocks[0].shape[-1]), "mean_n_text": float(np.mean([b.shape[1] for b in t_blocks])),
               "records": len(t_blocks)}
-    return t_blocks, s_blocks, shapes
+    return t_blocks, s_blocks, shapes, r_blocks
 
 
 def row_stats(blocks: list[torch.Tensor]) -> dict:
@@ -227,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(a.threads)
     rep: dict = {"command": "python -m benchmarks.attn_codec " + " ".join(argv or []), "real_n_text": a.real_n_text, "parts": {}}
     if a.teacher:
-        t, s, shapes = toy_attention(a.teacher, a.student, Path(a.world), a.records)
+        t, s, shapes, rec = toy_attention(a.teacher, a.student, Path(a.world), a.records)
         h_s, h_t = shapes["student_heads"], shapes["teacher_heads"]
         studs = {"init": (s, HeadAdapter(h_s, h_t)), "fitted": (s, fit_adapter(s, t, h_s, h_t))}
         near = near_student(t, h_s, noise=a.near_noise)
@@ -235,7 +269,9 @@ def main(argv: list[str] | None = None) -> dict:
         rep["parts"][f"toy teacher {Path(a.teacher).name}"] = {
             "what": (f"Toy teacher `{a.teacher}` {a.note}, {shapes['records']} held-out records, {h_t} heads × mean |T| "
                      f"{shapes['mean_n_text']:.1f} × |V| {shapes['n_vision']}; student `{a.student}` ({h_s} heads)."),
-            "shapes": shapes, "n_vision": shapes["n_vision"], "row_stats": row_stats(t), "encodings": error_table([x.numpy() for x in t], studs, ENCODINGS)}
+            "shapes": shapes, "n_vision": shapes["n_vision"], "row_stats": row_stats(t),
+            "encodings": error_table([x.numpy() for x in t], studs, ENCODINGS,
+                                     {"recomputed (cache v2 default: teacher weights kept once)": rec})}
     if a.slice_npz:
         z = np.load(a.slice_npz)
         t = [torch.from_numpy(z[k]) for k in sorted(z.files)]

@@ -30,6 +30,7 @@ the same codecs on a trained (toy) teacher's attention.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import subprocess
 import tempfile
 import time
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 
 from benchmarks.storage import _array_bytes
-from benchmarks.synth import Arch, Setting, bench_provenance, configs, make_batches
+from benchmarks.synth import Arch, Setting, bench_provenance, configs, first_layer_of, make_batches
 from benchmarks.common import write_outputs
 from cache_schema import CacheStore, Encoding
 from cache_schema.schema import encode_sample, validate_image
@@ -51,14 +52,20 @@ SHORT_SAMPLES = 3_610_000  # paper Table 2, Short subset
 SHORT_IMAGES = 1_250_000  # unique images the Short subset's samples share
 GROUPS = {"attention": ("attn_first_tv", "attn_first_tv_scale"), "vision": ("image_tokens",),
           "logits": ("topk_ids", "topk_logprobs", "tail_logmass"), "focus": ("focus",)}
-# (label, Encoding): the default first; the rest are what a cheaper cache could use
+# label → (Encoding, projector_tokens, attention): the default first (cache v2: the student
+# recomputes the teacher's projector tokens and first-layer attention from teacher weights kept
+# once); the rest are what the v1 layout, a lossless or a cheaper stored-attention cache holds
 ENCODINGS = {
-    "default": Encoding(),
-    "lossless": Encoding.lossless(),
-    "u8sqrt + bitshuffle": Encoding(attn_codec="blosc:zstd:3:bitshuffle"),
-    "u6sqrt + bitshuffle": Encoding(attn="u6sqrt", attn_codec="blosc:zstd:3:bitshuffle"),
-    "u4sqrt + bitshuffle": Encoding(attn="u4sqrt", attn_codec="blosc:zstd:3:bitshuffle"),
+    "default": (Encoding(), "recompute", "recompute"),
+    "attention stored (u8sqrt)": (Encoding(), "recompute", "stored"),
+    "v1 layout (all stored)": (Encoding(), "stored", "stored"),
+    "lossless": (Encoding.lossless(), "recompute", "recompute"),
+    "lossless (all stored)": (Encoding.lossless(), "stored", "stored"),
+    "u6sqrt + bitshuffle": (Encoding(attn="u6sqrt", attn_codec="blosc:zstd:3:bitshuffle"), "recompute", "stored"),
+    "u5sqrt + bitshuffle": (Encoding(attn="u5sqrt", attn_codec="blosc:zstd:3:bitshuffle"), "recompute", "stored"),
+    "u4sqrt + bitshuffle": (Encoding(attn="u4sqrt", attn_codec="blosc:zstd:3:bitshuffle"), "recompute", "stored"),
 }
+assert not any("," in k for k in ENCODINGS), "--encodings takes a comma-separated list of these labels"
 
 
 def slice_setting(n_samples: int, batch: int, n_text: int, n_resp: int, layers: int = 2) -> Setting:
@@ -112,10 +119,16 @@ def _du_bytes(path: Path) -> int:
     return int(subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True).stdout.split()[0])
 
 
-def measure_store(teacher: MobileVLM, samples: list, images: list, enc: Encoding, path: Path) -> dict:
-    """Write the targets into a finalised store at `path` with `enc` and measure it."""
-    prov = bench_provenance(teacher, topk=64, focus_k=16, encoding=enc)
-    store = CacheStore.create_or_open(path, prov)
+def measure_store(teacher: MobileVLM, samples: list, images: list, enc: Encoding, path: Path,
+                  projector_tokens: str = "recompute", attention: str = "recompute") -> dict:
+    """Write the targets into a finalised store at `path` with `enc` and measure it. The teacher
+    weights a store keeps once (<store>/projector/, <store>/first_layer/) are reported apart: per
+    sample they are their bytes / the store's samples, which a real store's millions make nil."""
+    prov = replace(bench_provenance(teacher, topk=64, focus_k=16, encoding=enc), projector_tokens=projector_tokens,
+                   vision_tower_fingerprint="benchmark", attention=attention)
+    projector = {k: v.detach().float().numpy() for k, v in teacher.model.mm_projector.state_dict().items()}
+    first = first_layer_of(teacher) if attention == "recompute" else None
+    store = CacheStore.create_or_open(path, prov, projector=projector, first_layer=first)
     raw: dict[str, int] = {}  # stored-dtype bytes before the codec, from the schema's own encoder
     per_unit = 4
     for u in range(0, len(samples), per_unit):
@@ -123,10 +136,14 @@ def measure_store(teacher: MobileVLM, samples: list, images: list, enc: Encoding
         hs = {s.image_hash for s in sm}
         with store.unit_writer(f"u{u // per_unit:04d}") as w:
             for h, tok in images:
-                if h in hs:
+                if h in hs and projector_tokens == "stored":
                     w.add_image(h, tok)
                     raw["image_tokens"] = raw.get("image_tokens", 0) + validate_image(h, tok, prov).nbytes
+                elif h in hs:
+                    w.add_image(h, None)
             for s in sm:
+                if attention == "recompute":
+                    s = replace(s, attn={})
                 w.add_sample(s)
                 for name, arr in encode_sample(s, prov)[1].items():
                     raw[name] = raw.get(name, 0) + arr.nbytes
@@ -137,13 +154,17 @@ def measure_store(teacher: MobileVLM, samples: list, images: list, enc: Encoding
                   "ratio": raw.get(a, 0) / disk[a] if disk.get(a) else None} for a in sorted(set(disk) | set(raw))}
     groups = {g: sum(arrays.get(a, {}).get("disk_bytes_per_sample", 0.0) for a in names) for g, names in GROUPS.items()}
     g_raw = {g: sum(arrays.get(a, {}).get("raw_bytes_per_sample", 0.0) for a in names) for g, names in GROUPS.items()}
-    du = _du_bytes(path)
+    projector_bytes = _du_bytes(path / "projector")
+    first_bytes = _du_bytes(path / "first_layer") if (path / "first_layer").exists() else 0
+    du = _du_bytes(path) - projector_bytes - first_bytes  # per-sample bytes; the teacher weights are once per store
     per_sample = du / n
     vision_per_image = groups["vision"] * n / n_img
     other = per_sample - groups["vision"]  # everything stored per sample (incl. index/metadata)
     return {
         "encoding": enc.to_dict(), "samples": n, "images": n_img, "arrays": arrays,
         "groups_bytes_per_sample": groups, "groups_ratio": {g: (g_raw[g] / groups[g] if groups[g] else None) for g in groups},
+        "projector_tokens": projector_tokens, "attention": attention, "projector_bytes_once": projector_bytes,
+        "first_layer_bytes_once": first_bytes,
         "du_bytes": du, "du_bytes_per_sample": per_sample, "arrays_bytes_per_sample": sum(disk.values()) / n,
         "projection_short": {
             "samples": SHORT_SAMPLES, "images": SHORT_IMAGES,
@@ -162,12 +183,15 @@ def to_markdown(rep: dict) -> str:
     lines = [f"{rep['samples']} samples, mean |T| {sh['mean_n_text']:.1f}, mean |R| {sh['mean_n_resp']:.1f}, "
              f"|V| {sh['n_vision']}, {sh['heads']} heads, hidden {sh['hidden']}, vocab {sh['vocab']}, top-{sh['topk']}, "
              f"focus {sh['focus_k']}; slice {rep['timing']['params'] / 1e6:.0f}M parameters, random weights.", "",
-             "| encoding | attention MB | vision MB | logits kB | focus B | du MB/sample | Short TB (tokens per sample) | Short TB (per image) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "du MB/sample: the store's `du -sb` less the teacher weights it keeps once (last column), / samples.", "",
+             "| encoding | projector tokens | attention | attention MB | vision MB | logits kB | focus B | du MB/sample | Short TB (tokens per sample) | Short TB (per image) | teacher weights MB once |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, m in rep["encodings"].items():
         g, p = m["groups_bytes_per_sample"], m["projection_short"]
-        lines.append(f"| {label} | {_mb(g['attention'])} | {_mb(g['vision'])} | {g['logits'] / 1e3:.1f} | {g['focus']:.0f} | "
-                     f"{_mb(m['du_bytes_per_sample'])} | {p['tb_vision_per_sample']:.2f} | {p['tb_vision_per_image']:.2f} |")
+        once = m["projector_bytes_once"] + m["first_layer_bytes_once"]
+        lines.append(f"| {label} | {m['projector_tokens']} | {m['attention']} | {_mb(g['attention'])} | {_mb(g['vision'])} | "
+                     f"{g['logits'] / 1e3:.1f} | {g['focus']:.0f} | {_mb(m['du_bytes_per_sample'])} | "
+                     f"{p['tb_vision_per_sample']:.2f} | {p['tb_vision_per_image']:.2f} | {_mb(once)} |")
     lines += ["", "Per array, default encoding (bytes per sample; ratio = stored-dtype bytes / on-disk bytes):", "",
               "| array | on disk | before codec | ratio |", "|---|---:|---:|---:|"]
     for a, v in rep["encodings"]["default"]["arrays"].items():
@@ -205,7 +229,9 @@ def main(argv: list[str] | None = None) -> dict:
            "encodings": {}}
     with tempfile.TemporaryDirectory(prefix="cache_size_") as tmp:
         for label in a.encodings.split(","):
-            rep["encodings"][label] = measure_store(teacher, samples, images, ENCODINGS[label], Path(tmp) / f"{len(rep['encodings'])}.zarr")
+            enc, tokens, attention = ENCODINGS[label]
+            rep["encodings"][label] = measure_store(teacher, samples, images, enc, Path(tmp) / f"{len(rep['encodings'])}.zarr",
+                                                    tokens, attention)
             print(f"[cache_size] {label}: {rep['encodings'][label]['du_bytes_per_sample'] / 1e6:.3f} MB/sample (du)")
     write_outputs(a.out, "cache_size", rep, to_markdown(rep))
     return rep

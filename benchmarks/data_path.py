@@ -40,6 +40,9 @@ def _loader(wf: Workflow, reader: CacheReader, epochs: int):
 def reader_rate(reader: CacheReader, needs: TeacherTargets, min_s: float = 1.0) -> dict:
     """samples/s of get → image_tokens → from_cached (what a loader worker does per sample, minus
     the image file), repeated over the store until `min_s` seconds have passed."""
+    from student_train.data import stored_needs
+
+    needs = stored_needs(needs, reader.provenance)  # what a loader worker reads of this store
     ids, n, t0 = reader.sample_ids, 0, time.perf_counter()
     while True:
         for s in reader.iter_samples(ids):
@@ -71,7 +74,7 @@ def student_rate(wf: Workflow, reader: CacheReader, epochs: int, max_steps: int)
     student = MobileVLM.from_pretrained(wf.models.student)
     vision_tower_of(student).requires_grad_(False)
     prov = reader.provenance
-    module = train_module(student, wf.train.loss.preset, prov.teacher_heads, prov.teacher_hidden_size, "cpu")
+    module = train_module(student, wf.train.loss.preset, prov.teacher_heads, prov.teacher_hidden_size, "cpu", reader=reader)
     run = ModeRun("cached", module, build_optimizer(module, StageConfig()), [])
     clock = Clock("cpu")
     batches = [b for _, b in zip(range(max_steps), _loader(wf, reader, epochs))]

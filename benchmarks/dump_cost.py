@@ -91,10 +91,12 @@ def write_only(src: Path, dst: Path, plan: Plan) -> float:
     fsync, commit): the writer thread's share of the dump, without a teacher."""
     reader = CacheReader(src)
     shutil.rmtree(dst, ignore_errors=True)
-    store, spent = CacheStore.create_or_open(dst, reader.provenance), 0.0
+    prov = reader.provenance
+    first = reader.teacher_first_layer() if prov.attention == "recompute" else None
+    store, spent = CacheStore.create_or_open(dst, prov, projector=reader.teacher_projector(), first_layer=first), 0.0
     for u in plan.units:
         samples = [reader.get(sid) for sid in u.sample_ids]
-        images = [(h, reader.image_tokens(h)) for h in u.owned_images]
+        images = [(h, reader.image_tokens(h) if prov.projector_tokens == "stored" else None) for h in u.owned_images]
         t = time.perf_counter()
         with store.unit_writer(u.unit_id) as w:
             for h, tok in images:

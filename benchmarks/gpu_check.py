@@ -9,7 +9,10 @@ shapes matter for cost). For fp16 and bf16 (autocast, fp32 master weights; GradS
 sft / cached / online steps exactly as `benchmarks.train_cost` measures them on CPU, then the
 recipe's DeepSpeed ZeRO-2 engine (workflows/zero2.json filled by student_train.engine, the
 recipe's TrainModule and AdamW groups) on cached batches, and one reader worker at the real
-shapes against what the student consumes. Without CUDA it says so and exits 0 without measuring.
+shapes against what the student consumes. The store has the dump's default cache (cache v2: the
+teacher's projector tokens and first-layer attention recomputed by the trained module from the
+student's tower features and the teacher weights the store keeps), so the cached step includes
+rebuilding them. Without CUDA it says so and exits 0 without measuring.
 `--device cpu --tiny` runs the same code on tiny shapes (a test of the script, not a benchmark).
 """
 
@@ -75,7 +78,7 @@ def deepspeed_steps(p, s, device: str, precision: str, steps: int, warmup: int) 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     module = train_module(copy.deepcopy(p.base).to(device), "alignkd", p.t_cfg.num_attention_heads, p.t_cfg.hidden_size,
-                          device)
+                          device, reader=p.reader)  # the default recompute store: the step rebuilds the tokens
     cfg = fill_ds_config(REPO / "workflows" / "zero2.json", BatchPlan(s.batch, s.batch, 1, 1), precision)
     opt = build_optimizer(module, StageConfig(lr=1e-4, projector_lr=1e-4))
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=opt, lr_scheduler=build_scheduler(opt, 1000, 0.0),
@@ -128,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[gpu_check] {s.name} {name}", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             p = prepare(s, a.device, amp, Path(tmp))
+            prov = p.reader.provenance  # the dump's defaults: projector tokens recomputed, u8sqrt attention
+            rep["cache"] = {"projector_tokens": prov.projector_tokens, "attention": prov.attention, "attn": prov.encoding.attn,
+                            "vision": prov.encoding.vision, "logprobs": prov.encoding.logprobs}
             runs = build_modes(p, a.device, amp)
             modes = measure_modes(runs, s.batch, a.device, amp, a.steps, a.warmup)
             del runs
@@ -161,6 +167,10 @@ def _markdown(rep: dict, report) -> str:
     out = [f"# alignkd GPU check — {env.get('gpu', env['device'])}", "",
            f"`{rep['meta']['command']}`; torch {env['torch']}, CUDA {env.get('cuda')}, deepspeed {env.get('deepspeed')}; "
            f"{rep['meta']['wall_s']:.0f} s.", ""]
+    c = rep.get("cache", {})
+    out += [f"Cached mode reads the default store: projector tokens {c.get('projector_tokens')}, first-layer attention "
+            f"{c.get('attention')} (both rebuilt in the step from the student's tower features and the teacher weights the "
+            f"store keeps once), log-probs {c.get('logprobs')}.", ""]
     out += report.train_table({"settings": rep["settings"], "notes": rep["notes"]}, "Training cost per step (autocast, fp32 master weights)")
     if rep["deepspeed"]:
         out += ["### DeepSpeed ZeRO-2 (recipe engine, cached mode, Align-KD loss)", "",

@@ -49,11 +49,13 @@ def toy_store(store: Path) -> dict:
         "vision": len(with_img) * p.num_vision_tokens * p.teacher_hidden_size * 4,
     }
     disk = _array_bytes(store)
+    recomputed = {"attention": p.attention == "recompute", "vision": p.projector_tokens == "recompute"}
     rows = {}
     for tgt, names in TARGETS.items():
         stored = sum(disk.get(a, 0) for a in names)
         rows[tgt] = {"bytes_per_sample": stored / n, "naive_bytes_per_sample": naive[tgt] / n,
-                     "ratio_vs_naive": naive[tgt] / stored if stored else None}
+                     "ratio_vs_naive": naive[tgt] / stored if stored else None,
+                     "recomputed": recomputed.get(tgt, False)}  # cache v2: the student rebuilds it
     tot = sum(v["bytes_per_sample"] for v in rows.values())
     ntot = sum(v["naive_bytes_per_sample"] for v in rows.values())
     return {"samples": n, "images": n_images, "encoding": p.encoding.to_dict(),

@@ -14,7 +14,7 @@ with `cache_schema`'s writer, then read back with `CacheReader` and collated by
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from cache_schema import CacheReader, CacheStore, Encoding, Provenance
 from pipeline.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from pipeline.models import CaptureSpec, MobileVLM, MobileVLMConfig
 from pipeline.positions import sample_index
+from student_train.data import stored_needs
 from student_train.data.batch import StudentBatch, pad_text, stack_images
 from student_train.losses import TeacherTargets
 from student_train.teacher_targets import collate_teacher, from_cached
@@ -135,11 +136,27 @@ def bench_provenance(teacher: MobileVLM, topk: int, focus_k: int, encoding: Enco
 
 
 @torch.inference_mode()
+def first_layer_of(teacher: MobileVLM) -> tuple[dict, dict]:
+    """What an attention-recompute store keeps of a loaded teacher (teacher_dump.run.teacher_first_layer
+    reads the same from a checkpoint dir): embedding rows, layer-0 input norm, q/k projections; config."""
+    layer = teacher.model.layers[0]
+    f = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
+    tensors = {"embed_tokens.weight": f(teacher.model.embed_tokens.weight),
+               "input_layernorm.weight": f(layer.input_layernorm.weight),
+               **{f"{n}.{p}": f(t) for n in ("q_proj", "k_proj") for p, t in getattr(layer.self_attn, n).named_parameters()}}
+    return tensors, teacher.config.to_dict()
+
+
 def write_store(teacher: MobileVLM, batches: list[StudentBatch], path: Path, topk: int = 64,
-                focus_k: int = 16) -> CacheReader:
-    """Dump `teacher` over `batches` into a finalised store at `path` (one unit per batch)."""
-    prov = bench_provenance(teacher, topk, focus_k)
-    store = CacheStore.create_or_open(path, prov)
+                focus_k: int = 16, projector_tokens: str = "recompute", attention: str = "recompute") -> CacheReader:
+    """Dump `teacher` over `batches` into a finalised store at `path` (one unit per batch), as the
+    dump's default does: the teacher projector and first layer kept once, its projector tokens and
+    first-layer attention recomputed by the student ("stored" writes them per image / sample)."""
+    prov = replace(bench_provenance(teacher, topk, focus_k), projector_tokens=projector_tokens,
+                   vision_tower_fingerprint="benchmark", attention=attention)
+    projector = {k: v.float().cpu().numpy() for k, v in teacher.model.mm_projector.state_dict().items()}
+    first = first_layer_of(teacher) if attention == "recompute" else None
+    store = CacheStore.create_or_open(path, prov, projector=projector, first_layer=first)
     spec, nv, dev = CaptureSpec(("first",), ("tv",)), teacher.num_vision_tokens, teacher.device
     for j, b in enumerate(batches):
         al = teacher.forward_align(input_ids=b.input_ids.to(dev), images=b.images.to(dev, teacher.dtype),
@@ -159,7 +176,9 @@ def write_store(teacher: MobileVLM, batches: list[StudentBatch], path: Path, top
 
 
 def attach_cached(batches: list[StudentBatch], reader: CacheReader, needs: TeacherTargets) -> list[StudentBatch]:
-    """Copies of `batches` whose `.teacher` is read from the store (what the cached loader yields)."""
+    """Copies of `batches` whose `.teacher` is read from the store (what the cached loader yields:
+    no projector tokens from a recompute store, the trained module rebuilds them)."""
+    needs = stored_needs(needs, reader.provenance)
     out = []
     for b in batches:
         per = []

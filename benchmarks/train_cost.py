@@ -30,7 +30,7 @@ from pipeline.workflow import LossConfig, StageConfig, Workflow
 from student_train.adapters import Adapters
 from student_train.data.batch import StudentBatch
 from student_train.engine import build_optimizer, vision_tower_of
-from student_train.losses import AlignKDLoss, TeacherBatch, resolve_loss
+from student_train.losses import AlignKDLoss, resolve_loss
 from student_train.online import OnlineTeacher
 from student_train.recipe import TrainModule
 
@@ -77,11 +77,9 @@ class ModeRun:
             b.teacher = self.online.targets(b)
         t1 = clock.now()
         with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-            al = self.module.student.forward_align(input_ids=b.input_ids, images=b.images,
-                                                   attention_mask=b.attention_mask, labels=b.labels,
-                                                   spec=self.module.spec)  # = TrainModule.forward, split in two
+            al = self.module.student_forward(b)  # = TrainModule.forward, split in two
             t2 = clock.now()
-            loss, _ = self.module.criterion(al, b.teacher if b.teacher is not None else TeacherBatch())
+            loss, _ = self.module.criterion(al, self.module.teacher_batch(b))
         t3 = clock.now()
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         t4 = clock.now()
@@ -95,14 +93,21 @@ class ModeRun:
         return dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)))
 
 
-def train_module(student: MobileVLM, preset: str, t_heads: int, t_hidden: int, device) -> TrainModule:
-    """The recipe's trained module (TrainModule) for `preset`, capture spec as `_setup_model` builds it."""
+def train_module(student: MobileVLM, preset: str, t_heads: int, t_hidden: int, device, reader=None) -> TrainModule:
+    """The recipe's trained module (TrainModule) for `preset`, capture spec as `_setup_model` builds it;
+    with the teacher projector of `reader`'s store when it is a recompute store and the loss reads
+    projector tokens (the default cache: the step then pays for rebuilding them)."""
     resolved = resolve_loss(LossConfig(preset=preset))
     cfg = student.config
     adapters = Adapters.for_loss(resolved, cfg.num_attention_heads, t_heads, cfg.hidden_size, t_hidden)
     keys = resolved.attn_keys
     spec = CaptureSpec(layers=tuple(dict.fromkeys(l for l, _ in keys)), blocks=tuple(dict.fromkeys(b for _, b in keys)))
-    module = TrainModule(student, AlignKDLoss(resolved, adapters), spec).to(device)
+    tokens = attention = None
+    if reader is not None and reader.provenance.projector_tokens == "recompute":
+        from student_train.teacher_projector import build_teacher_recompute
+
+        tokens, attention = build_teacher_recompute(reader, resolved, "recompute", device)
+    module = TrainModule(student, AlignKDLoss(resolved, adapters), spec, tokens, attention).to(device)
     module.train()
     return module
 
@@ -129,7 +134,10 @@ def prepare(s: Setting, device: str, amp: torch.dtype | None, work: Path, seed: 
         torch.manual_seed(seed)
         base = MobileVLM(s_cfg)
         torch.manual_seed(seed + 1)
-        t_dir = MobileVLM(t_cfg).save_pretrained(work / "teacher", dtype=amp)
+        t_model = MobileVLM(t_cfg)
+        t_model.vision_tower.load_state_dict(base.vision_tower.state_dict())  # one shared frozen tower, as released
+        t_dir = t_model.save_pretrained(work / "teacher", dtype=amp)
+        del t_model
     vision_tower_of(base).requires_grad_(False)
     batches = make_batches(s, base.image_size, seed)
     teacher = MobileVLM.from_pretrained(t_dir, dtype=amp or torch.float32, device=device)
@@ -146,7 +154,8 @@ def build_modes(p: Prepared, device: str, amp: torch.dtype | None) -> list[ModeR
     runs = []
     for name in MODES:
         module = train_module(copy.deepcopy(p.base).to(device), "sft" if name == "sft" else "alignkd",
-                              p.t_cfg.num_attention_heads, p.t_cfg.hidden_size, device)
+                              p.t_cfg.num_attention_heads, p.t_cfg.hidden_size, device,
+                              reader=p.reader if name == "cached" else None)
         opt = build_optimizer(module, StageConfig(lr=1e-4, projector_lr=1e-4))
         bs = attach_cached(p.batches, p.reader, needs) if name == "cached" else p.batches
         online = OnlineTeacher(wf, device, amp or torch.float32, needs=needs) if name == "online" else None

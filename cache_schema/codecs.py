@@ -10,7 +10,7 @@ query's weights over the |V| vision keys):
   u8sqrt  uint8 per-row in the sqrt domain:  q = round(255·sqrt(x/m)), x̂ = (q/255)²·m;
           |err| <= m/255 near the row max but far finer for small x (step ≈ m·(2q+1)/255²)
   low-bit (opt-in; LOWBIT_ATTN_MODES): the same two maps with L = 2^b - 1 levels instead of 255,
-  u6 / u6sqrt (L = 63) and u4 / u4sqrt (L = 15). Codes are stored one per uint8, so the layout
+  u6 / u6sqrt (L = 63), u5 / u5sqrt (L = 31) and u4 / u4sqrt (L = 15). Codes are stored one per uint8, so the layout
   is the u8 one; pair them with a bit-shuffling codec ("blosc:zstd:3:bitshuffle"): the 8 - b
   always-zero bit planes then cost nothing, and the rest is entropy coded plane by plane.
           u<b>      |err| <= m/(2L)
@@ -35,10 +35,10 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 ATTN_MODES = ("f32", "f16", "u8", "u8sqrt")
 # opt-in, fewer levels per code (benchmarks/attn_codec.py measures their loss/gradient error);
 # kept apart from ATTN_MODES so the default tables and checks that enumerate it do not change
-LOWBIT_ATTN_MODES = ("u6", "u6sqrt", "u4", "u4sqrt")
+LOWBIT_ATTN_MODES = ("u6", "u6sqrt", "u5", "u5sqrt", "u4", "u4sqrt")
 # quantised mode → (levels L, sqrt-companded)
 _QUANT = {"u8": (255, False), "u8sqrt": (255, True), "u6": (63, False), "u6sqrt": (63, True),
-          "u4": (15, False), "u4sqrt": (15, True)}
+          "u5": (31, False), "u5sqrt": (31, True), "u4": (15, False), "u4sqrt": (15, True)}
 LOGPROB_MODES = ("f32", "f16")
 VISION_MODES = ("f32", "f16", "bf16")
 _F16_MAX = 65504.0

@@ -23,6 +23,7 @@ import zarr
 
 from cache_schema.errors import CacheError, CacheFormatError
 from cache_schema.owner import is_abandoned, owner_token
+from cache_schema.projector import FIRST_LAYER, write_projector
 from cache_schema.provenance import Provenance
 from cache_schema.records import fsync_path, fsync_tree, root_meta
 
@@ -75,8 +76,16 @@ def sweep_abandoned_creations(path: Path) -> list[Path]:
     return removed
 
 
-def _build(tmp: Path, provenance: Provenance) -> None:
-    zarr.open_group(str(tmp), mode="w-", zarr_format=3, attributes={"alignkd_cache": root_meta(provenance)})
+def _build(tmp: Path, provenance: Provenance, projector: dict | None, first_layer: tuple | None) -> None:
+    root = zarr.open_group(str(tmp), mode="w-", zarr_format=3, attributes={"alignkd_cache": root_meta(provenance)})
+    # before the rename: a store never exists without the teacher weights it names
+    spec = None if projector is None else write_projector(tmp, projector, provenance.encoding.vision_codec)
+    first = None
+    if first_layer is not None:
+        tensors, config = first_layer
+        first = {"tensors": write_projector(tmp, tensors, provenance.encoding.vision_codec, FIRST_LAYER), "config": config}
+    if spec is not None or first is not None:
+        root.update_attributes({"alignkd_cache": root_meta(provenance, spec, first)})
     zarr.open_group(str(tmp / "units"), mode="w", zarr_format=3, attributes={})
     for sub in ("staging", "index"):
         (tmp / sub).mkdir()
@@ -89,8 +98,12 @@ def _created_meanwhile(path: Path) -> bool:
     raise CacheFormatError(f"{path}: changed while the cache was being created; re-run, or pick another path")
 
 
-def create_store(path: str | os.PathLike, provenance: Provenance) -> bool:
-    """Make the store at `path` atomically unless one is there already. Returns True if this call
+def create_store(path: str | os.PathLike, provenance: Provenance, projector: dict | None = None,
+                 first_layer: tuple[dict, dict] | None = None) -> bool:
+    """Make the store at `path` atomically unless one is there already. projector: the teacher
+    projector's tensors (name → float32 array) to keep in it (cache_schema.projector); required
+    when provenance.projector_tokens is "recompute"; first_layer: (tensors, teacher config.json dict),
+    required when provenance.attention is "recompute". Returns True if this call
     created it, False if a store existed (or a concurrent creator won the race). Raises
     CacheFormatError for a path holding something else, CacheError (one line) when the disk is
     full or not writable; nothing is left behind at `path` in either case."""
@@ -99,13 +112,18 @@ def create_store(path: str | os.PathLike, provenance: Provenance) -> bool:
     state = store_state(path)
     if state == "store":
         return False
+    if provenance.projector_tokens == "recompute" and not projector:
+        raise CacheFormatError(f"{path}: projector_tokens 'recompute' needs the teacher projector's weights "
+                               "to create the store")
+    if provenance.attention == "recompute" and not first_layer:
+        raise CacheFormatError(f"{path}: attention 'recompute' needs the teacher's first-layer weights to create the store")
     if state == "foreign":
         raise CacheFormatError(f"{path}: exists, is not empty and is not an alignkd cache; "
                                "pick another cache path or move it aside")
     tmp = path.parent / f"{_creating_prefix(path)}{owner_token()}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _build(tmp, provenance)
+        _build(tmp, provenance, projector, first_layer)
         # an older version's half-made store: no data in it. Checked again right before deleting, so
         # a concurrent creator's store renamed into place meanwhile is opened, not deleted (a
         # teacher-dump creates its store under the dump lock, so only library callers can race here)

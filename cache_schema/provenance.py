@@ -13,13 +13,24 @@ from cache_schema.errors import CacheVersionError, ProvenanceMismatch
 
 # Bump on ANY change of the on-disk layout, array names, dtypes or record fields
 # (tests/cache_schema/test_golden.py pins the layout so a silent change fails).
-SCHEMA_VERSION = 1
+# 2: projector_tokens / vision_tower_fingerprint; the teacher projector's weights in <store>/projector/;
+#    no image_tokens array when the tokens are recomputed. Version-1 stores are refused by name.
+SCHEMA_VERSION = 2
 FORMAT_NAME = "alignkd-teacher-cache"
 
 ATTN_LAYERS = ("first", "last")
 ATTN_BLOCKS = ("tv", "vv", "tt", "full")
 # Informational fields: recorded, never compared.
 INFO_FIELDS = ("created_by", "created_at")
+# stored: the teacher's projector tokens [|V|, D_t] of every image are in the store (image_tokens);
+# recompute: they are not; the student recomputes them with the teacher projector kept in the
+# store, from its own tower's features (valid only for a tower with vision_tower_fingerprint)
+PROJECTOR_TOKENS = ("stored", "recompute")
+# stored: the attn_blocks' probabilities per sample (attn_* arrays); recompute: none; the student
+# recomputes the teacher's first-layer attention from the teacher's embedding rows, layer-0 norm
+# and q/k projections kept once in the store (first_layer/), over its recomputed projector tokens.
+# Exact for first-layer blocks only, so recompute needs projector_tokens recompute and first.* blocks.
+ATTENTION = ("stored", "recompute")
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,9 @@ class Provenance:
     logits_topk: int = 64
     focus_k: int = 16
     attn_blocks: tuple[str, ...] = ("first.tv",)
+    projector_tokens: str = "stored"  # one of PROJECTOR_TOKENS
+    vision_tower_fingerprint: str = ""  # pipeline.fingerprint.tower_fingerprint(teacher dir)
+    attention: str = "stored"  # one of ATTENTION
     encoding: Encoding = field(default_factory=Encoding)
     schema_version: int = SCHEMA_VERSION
     created_by: str = ""  # command line that created the store
@@ -64,6 +78,16 @@ class Provenance:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 problems.append(f"{name}={v!r} (a positive int)")
+        if self.projector_tokens not in PROJECTOR_TOKENS:
+            problems.append(f"projector_tokens={self.projector_tokens!r} (allowed: {', '.join(PROJECTOR_TOKENS)})")
+        elif self.projector_tokens == "recompute" and not self.vision_tower_fingerprint:
+            problems.append("projector_tokens='recompute' needs the teacher's vision_tower_fingerprint")
+        if self.attention not in ATTENTION:
+            problems.append(f"attention={self.attention!r} (allowed: {', '.join(ATTENTION)})")
+        elif self.attention == "recompute" and (self.projector_tokens != "recompute" or
+                                                 any(not b.startswith("first.") for b in self.attn_blocks)):
+            problems.append(f"attention='recompute' needs projector_tokens 'recompute' and first-layer blocks only, "
+                            f"got projector_tokens {self.projector_tokens!r}, attn_blocks {list(self.attn_blocks)}")
         if not isinstance(self.encoding, Encoding):
             problems.append(f"encoding must be an Encoding, got {type(self.encoding).__name__}")
         if problems:
@@ -73,6 +97,15 @@ class Provenance:
     def attn_keys(self) -> tuple[tuple[str, str], ...]:
         """attn_blocks as the (layer, block) tuples used by SampleTargets.attn."""
         return tuple(tuple(b.split(".")) for b in self.attn_blocks)  # type: ignore[misc]
+
+    @property
+    def stored_attn_blocks(self) -> tuple[str, ...]:
+        """The attn_blocks whose probabilities the units hold (none when attention is recomputed)."""
+        return self.attn_blocks if self.attention == "stored" else ()
+
+    @property
+    def stored_attn_keys(self) -> tuple[tuple[str, str], ...]:
+        return self.attn_keys if self.attention == "stored" else ()
 
     def stamped(self, created_by: str | None = None) -> "Provenance":
         """A copy with created_at = now (UTC) and created_by = the current command line."""
@@ -92,10 +125,7 @@ class Provenance:
         """Strict: refuses an unknown schema version, unknown or missing keys."""
         got = d.get("schema_version")
         if got != SCHEMA_VERSION:
-            raise CacheVersionError(
-                f"{where}: schema_version expected {SCHEMA_VERSION}, got {got!r}; this code reads "
-                f"only version {SCHEMA_VERSION} (re-dump the teacher, or use the alignkd version that wrote it)"
-            )
+            raise CacheVersionError(f"{where}: {version_problem(got)}")
         names = {f.name for f in fields(Provenance)}
         unknown, missing = set(d) - names, names - set(d)
         if unknown or missing:
@@ -115,6 +145,13 @@ class Provenance:
         for k in INFO_FIELDS:
             d.pop(k)
         return d
+
+
+def version_problem(got: object) -> str:
+    """Why a store of schema version `got` is refused (one line, with the fix)."""
+    old = " (version 1: stored projector tokens only, no teacher projector)" if got == 1 else ""
+    return (f"schema_version expected {SCHEMA_VERSION}, got {got!r}{old}; this code reads only version "
+            f"{SCHEMA_VERSION}: re-dump the teacher (`alignkd teacher-dump`), or use the alignkd version that wrote it")
 
 
 def diff_provenance(expected: dict, got: "Provenance") -> dict[str, tuple[object, object]]:

@@ -17,8 +17,9 @@ from typing import Iterable, Iterator
 import numpy as np
 import zarr
 
-from cache_schema.errors import IntegrityError, NotFinalizedError
+from cache_schema.errors import CacheFormatError, IntegrityError, NotFinalizedError
 from cache_schema.index import Index, bsearch, load_index
+from cache_schema.projector import read_first_layer, read_projector
 from cache_schema.provenance import Provenance, check_provenance
 from cache_schema.records import crc32, load_record, read_root
 from cache_schema.schema import SampleTargets, decode_image, decode_sample, dims_columns, element_counts, unit_arrays
@@ -35,8 +36,9 @@ class _Unit:
             raise NotFinalizedError(f"{root}: unit {unit_id} was replaced after finalize; re-run finalize")
         s = self.rec["samples"]
         counts = element_counts(prov, {c: s[c] for c in dims_columns(prov)})
-        v_d = prov.num_vision_tokens * prov.teacher_hidden_size
-        counts["image_tokens"] = np.full(self.rec["n_images"], v_d, np.int64)
+        if prov.projector_tokens == "stored":
+            v_d = prov.num_vision_tokens * prov.teacher_hidden_size
+            counts["image_tokens"] = np.full(self.rec["n_images"], v_d, np.int64)
         self.offsets = {n: np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for n, c in counts.items()}
         for n, off in self.offsets.items():
             if off[-1] != self.rec["lengths"][n]:
@@ -187,7 +189,13 @@ class CacheReader:
         return out
 
     def image_tokens(self, image_hash: str) -> np.ndarray:
-        """Projector tokens [|V|, D_t] float32 of one image, checksum verified."""
+        """Projector tokens [|V|, D_t] float32 of one image, checksum verified (a store with
+        projector_tokens "stored"; otherwise see `teacher_projector`)."""
+        if self.provenance.projector_tokens != "stored":
+            raise CacheFormatError(
+                f"cache {self.path} stores no projector tokens (projector_tokens: {self.provenance.projector_tokens}): "
+                "recompute them with its teacher projector (CacheReader.teacher_projector) from a tower with "
+                f"fingerprint {self.provenance.vision_tower_fingerprint}")
         idx = self._load()
         pos = bsearch(self._hashes, image_hash)
         if pos is None:
@@ -195,6 +203,14 @@ class CacheReader:
         ui, row = idx.images.column("unit")[pos].as_py(), idx.images.column("row")[pos].as_py()
         raw = self._unit(ui).read("image_tokens", row, row + 1, "image", [image_hash])[0]
         return decode_image(raw, self.provenance)
+
+    def teacher_projector(self) -> dict[str, np.ndarray]:
+        """The teacher projector's weights kept in the store (name → float32), checksums verified."""
+        return read_projector(self.path)
+
+    def teacher_first_layer(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(the teacher's first-layer tensors, its config.json) of an attention-recompute store."""
+        return read_first_layer(self.path)
 
     def iter_samples(self, ids: Iterable[str] | None = None, prefetch: int = 8,
                      max_run: int = 32) -> Iterator[SampleTargets]:

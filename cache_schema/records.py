@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cache_schema.errors import CacheFormatError, CacheVersionError, IntegrityError
-from cache_schema.provenance import FORMAT_NAME, SCHEMA_VERSION, Provenance
+from cache_schema.provenance import FORMAT_NAME, SCHEMA_VERSION, Provenance, version_problem
 from cache_schema.schema import unit_arrays
 
 UNIT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -87,9 +87,11 @@ def layout_dict(prov: Provenance) -> dict:
     }
 
 
-def root_meta(prov: Provenance) -> dict:
+def root_meta(prov: Provenance, projector: dict | None = None, first_layer: dict | None = None) -> dict:
+    """projector: the teacher projector's tensor specs (cache_schema.projector), None if not kept;
+    first_layer: {"tensors": specs, "config": the teacher's config.json} when attention is recomputed."""
     return {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, "provenance": prov.to_dict(),
-            "layout": layout_dict(prov)}
+            "layout": layout_dict(prov), "projector": projector, "first_layer": first_layer}
 
 
 def provenance_crc(prov: Provenance) -> int:
@@ -98,6 +100,11 @@ def provenance_crc(prov: Provenance) -> int:
 
 def read_root(path: Path) -> Provenance:
     """Provenance of the store at `path` (refusing non-stores and unknown versions)."""
+    return read_root_meta(path)[0]
+
+
+def read_root_meta(path: Path) -> tuple[Provenance, dict]:
+    """(provenance, the root's alignkd_cache attributes) of the store at `path`."""
     p = Path(path) / "zarr.json"
     if not p.is_file():
         raise CacheFormatError(f"{path}: not an alignkd cache (no zarr.json); create it with CacheStore.create_or_open")
@@ -110,16 +117,17 @@ def read_root(path: Path) -> Provenance:
     if meta.get("format") != FORMAT_NAME:
         raise CacheFormatError(f"{p}: format expected {FORMAT_NAME!r}, got {meta.get('format')!r}")
     if meta.get("schema_version") != SCHEMA_VERSION:
-        raise CacheVersionError(
-            f"{path}: schema_version expected {SCHEMA_VERSION}, got {meta.get('schema_version')!r} "
-            f"(this code reads only version {SCHEMA_VERSION})"
-        )
+        raise CacheVersionError(f"{path}: {version_problem(meta.get('schema_version'))}")
     if not isinstance(meta.get("provenance"), dict):
         raise CacheFormatError(f"{p}: attributes.alignkd_cache.provenance is missing or not an object")
     prov = Provenance.from_dict(meta["provenance"], where=str(path))
     if meta.get("layout") != layout_dict(prov):
         raise CacheFormatError(f"{p}: layout does not match schema {SCHEMA_VERSION} for its provenance")
-    return prov
+    if prov.projector_tokens == "recompute" and not isinstance(meta.get("projector"), dict):
+        raise CacheFormatError(f"{p}: projector_tokens is 'recompute' but the store holds no teacher projector")
+    if prov.attention == "recompute" and not isinstance(meta.get("first_layer"), dict):
+        raise CacheFormatError(f"{p}: attention is 'recompute' but the store holds no teacher first layer")
+    return prov, meta
 
 
 def make_record(body: dict) -> bytes:

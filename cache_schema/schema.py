@@ -77,7 +77,7 @@ def unit_arrays(prov: Provenance) -> list[ArraySpec]:
         return ArraySpec(name, kind, np.dtype(dtype), codec, max(1, nbytes // np.dtype(dtype).itemsize))
 
     out = []
-    for key in prov.attn_blocks:
+    for key in prov.stored_attn_blocks:
         out.append(spec(attn_name(key), "sample", C.attn_dtype(enc.attn), enc.attn_codec, True))
         if C.attn_has_scale(enc.attn):
             out.append(spec(attn_name(key) + "_scale", "sample", np.float32, enc.logits_codec, False))
@@ -86,15 +86,16 @@ def unit_arrays(prov: Provenance) -> list[ArraySpec]:
         spec("topk_ids", "sample", C.ids_dtype(prov.vocab_size), enc.logits_codec, False),
         spec("topk_logprobs", "sample", C.logprob_dtype(enc.logprobs), enc.logits_codec, False),
         spec("tail_logmass", "sample", np.float32, enc.logits_codec, False),
-        spec("image_tokens", "image", C.vision_dtype(enc.vision), enc.vision_codec, True),
     ]
+    if prov.projector_tokens == "stored":  # "recompute": the student rebuilds them (projector.py)
+        out.append(spec("image_tokens", "image", C.vision_dtype(enc.vision), enc.vision_codec, True))
     return out
 
 
 def dims_columns(prov: Provenance) -> list[str]:
     """Per-sample integer columns of the commit record that fix every array's slice length."""
     cols = ["n_text", "n_resp", "n_focus"]
-    for key in prov.attn_blocks:
+    for key in prov.stored_attn_blocks:
         cols += [f"rows_{attn_name(key)}", f"cols_{attn_name(key)}"]
     return cols
 
@@ -104,7 +105,7 @@ def element_counts(prov: Provenance, dims: dict[str, np.ndarray]) -> dict[str, n
     h, k = prov.teacher_heads, topk_width(prov)
     d = {c: np.asarray(v, dtype=np.int64) for c, v in dims.items()}
     out: dict[str, np.ndarray] = {}
-    for key in prov.attn_blocks:
+    for key in prov.stored_attn_blocks:
         n = attn_name(key)
         out[n] = h * d[f"rows_{n}"] * d[f"cols_{n}"]
         if C.attn_has_scale(prov.encoding.attn):
@@ -143,8 +144,8 @@ def validate_sample(s: SampleTargets, prov: Provenance) -> None:
     elif not s.image_hash and s.n_text != 0:
         p.append(f"n_text={s.n_text} but the sample has no image (|T| counts text after the image)")
     keys = {f"{a}.{b}" for a, b in s.attn}
-    if keys != set(prov.attn_blocks):
-        p.append(f"attn keys {sorted(keys)} != the store's attn_blocks {list(prov.attn_blocks)}")
+    if keys != set(prov.stored_attn_blocks):
+        p.append(f"attn keys {sorted(keys)} != the store's stored attn_blocks {list(prov.stored_attn_blocks)}")
     for (layer, block), a in s.attn.items():
         name = f"attn[{layer!r}, {block!r}]"
         if not isinstance(a, np.ndarray) or a.dtype != np.float32:
@@ -190,7 +191,7 @@ def encode_sample(s: SampleTargets, prov: Provenance) -> tuple[dict[str, int], d
     enc = prov.encoding
     dims = {"n_text": int(s.n_text), "n_resp": s.n_resp, "n_focus": int(s.focus.shape[0])}
     out: dict[str, np.ndarray] = {}
-    for key, (layer, block) in zip(prov.attn_blocks, prov.attn_keys):
+    for key, (layer, block) in zip(prov.stored_attn_blocks, prov.stored_attn_keys):
         a, n = s.attn[(layer, block)], attn_name(key)
         dims[f"rows_{n}"], dims[f"cols_{n}"] = int(a.shape[1]), int(a.shape[2])
         q, scale = C.encode_attn(a, enc.attn)
@@ -208,7 +209,7 @@ def decode_sample(meta: dict, raw: dict[str, np.ndarray], prov: Provenance) -> S
     """meta: one record row (sample_id, token_hash, image_hash, dims); raw: 1-D stored slices."""
     enc, h, k = prov.encoding, prov.teacher_heads, topk_width(prov)
     attn = {}
-    for key, akey in zip(prov.attn_blocks, prov.attn_keys):
+    for key, akey in zip(prov.stored_attn_blocks, prov.stored_attn_keys):
         n = attn_name(key)
         rows, cols = int(meta[f"rows_{n}"]), int(meta[f"cols_{n}"])
         q = raw[n].reshape(h, rows, cols)

@@ -15,7 +15,8 @@ import zarr
 from cache_schema.errors import CacheError
 from cache_schema.index import load_index
 from cache_schema.leftovers import find_leftovers
-from cache_schema.records import committed_units, crc32, incomplete_units, load_record, read_root
+from cache_schema.projector import read_projector
+from cache_schema.records import committed_units, crc32, incomplete_units, load_record, read_root, read_root_meta
 from cache_schema.schema import dims_columns, element_counts, unit_arrays
 
 Progress = Callable[[int, int, str], None]  # (units done, units total, unit id)
@@ -63,6 +64,7 @@ def verify_store(path: str | os.PathLike, expected_sample_ids: Iterable[str] | N
         if progress:
             progress(i + 1, len(units), u)
     _verify_index(root, rec_crc, rep)
+    _verify_projector(root, rep)
     rep.leftovers = find_leftovers(root, set(units))
     if expected_sample_ids is not None:
         exp, have = set(expected_sample_ids), set(stored_ids)
@@ -107,6 +109,17 @@ def _verify_unit(udir: Path, rec: dict, prov, rep: VerifyReport) -> None:
             if crc32(part) != crcs[r]:
                 rep.faults.append(f"{where}: {what} {label!r} fails its checksum")
         rep.bytes_read += int(off[-1]) * spec.dtype.itemsize
+
+
+def _verify_projector(root: Path, rep: VerifyReport) -> None:
+    """The teacher projector kept in the store (if any) against its listed checksums."""
+    meta = read_root_meta(root)[1]
+    for group in ("projector", "first_layer"):
+        if isinstance(meta.get(group), dict):
+            try:
+                read_projector(root, group)
+            except CacheError as e:
+                rep.faults.append(str(e))
 
 
 def _verify_index(root: Path, rec_crc: dict[str, int], rep: VerifyReport) -> None:

@@ -40,13 +40,19 @@ class CacheStore:
         self.provenance = provenance
 
     @classmethod
-    def create_or_open(cls, path: str | os.PathLike, provenance: Provenance) -> "CacheStore":
+    def create_or_open(cls, path: str | os.PathLike, provenance: Provenance,
+                       projector: dict[str, np.ndarray] | None = None,
+                       first_layer: tuple[dict, dict] | None = None) -> "CacheStore":
         """Create the store, or open an existing one whose provenance matches (created_by /
         created_at excepted). Safe to race from many processes and to kill at any point: the
-        skeleton is built aside and renamed into place (cache_schema.create)."""
+        skeleton is built aside and renamed into place (cache_schema.create). projector: the
+        teacher projector's tensors (name → float32), kept once in a new store (needed when
+        provenance.projector_tokens is "recompute"; ignored when the store exists); first_layer:
+        (the teacher's embedding / layer-0 norm / q,k tensors, its config.json dict), needed when
+        provenance.attention is "recompute"."""
         if not provenance.created_at:
             provenance = provenance.stamped()
-        create_store(path, provenance)
+        create_store(path, provenance, projector, first_layer)
         return cls._open_checked(Path(path), provenance)
 
     @classmethod
@@ -136,17 +142,22 @@ class UnitWriter:
         for name, data in parts.items():
             self._push(name, data)
 
-    def add_image(self, image_hash: str, tokens: np.ndarray) -> None:
-        """Store projector tokens [|V|, D_t] float32 of one unique image (once per store)."""
+    def add_image(self, image_hash: str, tokens: np.ndarray | None) -> None:
+        """Record one unique image (once per store) with its projector tokens [|V|, D_t] float32;
+        a store with projector_tokens "recompute" records the image only (tokens may be None)."""
         self._check_open()
         if image_hash in self._image_set:
             raise SampleValidationError(
                 f"image {image_hash!r} added twice to unit {self.unit_id!r} (check has_image first)"
             )
-        data = validate_image(image_hash, tokens, self.prov)
+        stored = self.prov.projector_tokens == "stored"
+        data = validate_image(image_hash, tokens, self.prov) if stored else None
+        if not stored and (not isinstance(image_hash, str) or not image_hash):
+            raise SampleValidationError(f"image hash must be a non-empty str, got {image_hash!r}")
         self._images.append(image_hash)
         self._image_set.add(image_hash)
-        self._push("image_tokens", data)
+        if data is not None:
+            self._push("image_tokens", data)
 
     def has_image(self, image_hash: str) -> bool:
         return image_hash in self._image_set

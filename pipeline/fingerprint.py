@@ -138,3 +138,28 @@ def manifest_subset_fingerprint(manifest: str | Path, subset: str) -> str:
     t = read_manifest(manifest, ["sample_id", "token_hash", "image_hash", f"in_{subset}"])
     t = t.filter(pc.field(f"in_{subset}"))
     return subset_fingerprint(*(t.column(c).to_pylist() for c in ("sample_id", "token_hash", "image_hash")))
+
+
+def tower_fingerprint(model_dir: str | Path) -> str:
+    """Digest of a checkpoint's frozen CLIP tower as it computes features: its weights (as float32,
+    by name and shape, so the same CLIP weights shipped in bf16 or fp32-of-bf16 compare equal; an
+    fp32 tower rounded to bf16 does not), the feature layer (mm_vision_select_layer) and the
+    image size. Two checkpoints with equal tower fingerprints give the same patch features for the
+    same pixels, which is what lets the cache recompute the teacher's projector tokens from the
+    student's tower (cache.projector_tokens: recompute). Reads only the tower's tensors."""
+    import torch
+
+    from pipeline.models.checkpoint import OURS_VISION, read_tensors
+    from pipeline.models.config import load_config, resolve_vision_config
+
+    cfg = load_config(model_dir)
+    tensors = read_tensors(model_dir, lambda k: k.startswith(OURS_VISION))
+    if not tensors:
+        raise FileNotFoundError(f"{model_dir}: its weights hold no vision tower ({OURS_VISION}*) tensors")
+    h = hashlib.sha256()
+    h.update(f"select_layer={cfg.mm_vision_select_layer};image_size={resolve_vision_config(cfg).image_size}\0".encode())
+    for name in sorted(tensors):
+        t = tensors[name].to(torch.float32).contiguous()
+        h.update(f"{name}:{tuple(t.shape)}\0".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -113,9 +113,19 @@ class CacheConfig:
     focus_k: int = 16
     # defaults measured by `alignkd cache size-table` (README): 8-bit sqrt-domain attention is
     # 4.6x smaller than fp32 at a relative attention-loss error of 8e-5; float32 everywhere is lossless
-    attn_dtype: str = "u8sqrt"  # float32 (lossless) | float16 | uint8 | u8sqrt (8-bit, sqrt domain) | u6sqrt | u4sqrt | u6 | u4
+    attn_dtype: str = "u8sqrt"  # float32 (lossless) | float16 | uint8 | u8sqrt (8-bit, sqrt domain) | u6sqrt | u5sqrt | u4sqrt | u6 | u5 | u4
     logprob_dtype: str = "float16"  # float32 (lossless) | float16
     vision_dtype: str = "float16"  # float32 (lossless) | float16 | bfloat16
+    # the teacher's projector tokens (1.08 MB per image at the 7B's width): "recompute" keeps only the
+    # teacher projector (once) and the student rebuilds them from its own frozen tower, valid only
+    # for a student whose tower fingerprint equals the teacher's; "stored" writes them per image;
+    # "auto": recompute when models.student is at hand with the teacher's tower, else stored
+    projector_tokens: str = "auto"  # auto | recompute | stored
+    # the teacher's first-layer attention (1.0 MB per sample at the 7B's width, u8sqrt): "recompute" keeps
+    # its embedding rows, layer-0 norm and q/k projections once (≈ 330 MB f16 for the 7B) and the student
+    # recomputes the probabilities exactly; needs recomputed projector tokens and first-layer blocks only.
+    # "auto": recompute whenever that holds, else stored (cache.attn_dtype then applies)
+    attention: str = "auto"  # auto | recompute | stored
     compressor: str = "zstd"
     compression_level: int = 3
     blocks: list[AttnBlock] = field(default_factory=lambda: ["tv"])

@@ -116,6 +116,12 @@ def _preflight(wf, run: RunPlan, stage: str, init: StageInit, resume: bool, out:
         wf.models.student = init.path if Path(init.path, "config.json").is_file() else wf.models.student
         reader = CacheReader(path)
         check_store(wf, run.subset, reader)
+        if Path(init.path, "config.json").is_file():  # a later stage's init is written by the stage before it
+            from student_train.losses import resolve_loss  # noqa: PLC0415
+            from student_train.teacher_projector import vision_source  # noqa: PLC0415
+
+            needs = resolve_loss(wf.train.loss).teacher_targets()
+            vision_source(reader.provenance, init.path, needs.vision_tokens, bool(needs.attn))
         notes = check_store_identity(wf, run.subset, reader.provenance, path)
         missing = check_samples_present(wf, run.subset, stage, path)
         run.cache_matched[stage] = check_token_hashes(wf, run.subset, stage, path)

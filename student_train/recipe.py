@@ -50,6 +50,7 @@ from student_train.launch import RunArgs
 from student_train.losses import AlignKDLoss, NonFiniteLossError, TeacherBatch, resolve_loss
 from student_train.metrics import MetricsWriter, StepMeter
 from student_train.preflight import check_token_hashes
+from student_train.teacher_projector import TeacherFirstLayer, TeacherTokens, build_teacher_recompute, vision_source
 
 ADAPTERS_FILE = "adapters.pt"  # <out>/<stage>/adapters.pt: the trained adapters, carried to the next stage
 EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -63,9 +64,16 @@ class TrainModule(nn.Module):
     """What DeepSpeed wraps: the student and the criterion (which owns the adapters), so one
     engine trains, reduces and checkpoints both."""
 
-    def __init__(self, student: MobileVLM, criterion: AlignKDLoss, spec: CaptureSpec) -> None:
+    def __init__(self, student: MobileVLM, criterion: AlignKDLoss, spec: CaptureSpec,
+                 teacher_tokens: TeacherTokens | None = None, teacher_attention: TeacherFirstLayer | None = None) -> None:
         super().__init__()
         self.student, self.criterion, self.spec = student, criterion, spec
+        # a recompute store: the teacher's projector tokens from this student's tower features, and
+        # (attention: recompute) its first-layer attention from them (plain attributes, not
+        # submodules: see TeacherTokens)
+        self.teacher_tokens, self.teacher_attention = teacher_tokens, teacher_attention
+        if teacher_tokens is not None:
+            teacher_tokens.capture(vision_tower_of(student))
 
     def train(self, mode: bool = True) -> "TrainModule":
         super().train(mode)
@@ -77,9 +85,30 @@ class TrainModule(nn.Module):
         precomputed gradients to DeepSpeed in a fixed order (engine.replay_grads)."""
         if replay is not None:
             return replay_grads(*replay)
-        al = self.student.forward_align(input_ids=batch.input_ids, images=batch.images,
-                                        attention_mask=batch.attention_mask, labels=batch.labels, spec=self.spec)
-        return self.criterion(al, batch.teacher if batch.teacher is not None else TeacherBatch())
+        al = self.student_forward(batch)
+        return self.criterion(al, self.teacher_batch(batch))
+
+    def student_forward(self, batch: StudentBatch):
+        """The student's forward_align of `batch` (its tower's features kept for teacher_batch)."""
+        if self.teacher_tokens is not None:
+            self.teacher_tokens.reset()
+        return self.student.forward_align(input_ids=batch.input_ids, images=batch.images,
+                                          attention_mask=batch.attention_mask, labels=batch.labels, spec=self.spec)
+
+    def teacher_batch(self, batch: StudentBatch) -> TeacherBatch:
+        """The batch's teacher targets; from a recompute store, with the teacher's projector tokens
+        rebuilt from the features of the student_forward just run."""
+        teacher = batch.teacher if batch.teacher is not None else TeacherBatch()
+        if self.teacher_tokens is None:
+            return teacher
+        has_img = (batch.input_ids == IMAGE_TOKEN_INDEX).any(1)
+        extra = {}
+        if self.teacher_attention is not None:
+            extra["attn"] = {**teacher.attn, **self.teacher_attention.attention(batch.input_ids, batch.images,
+                                                                                batch.attention_mask)}
+        if self.teacher_tokens.needed:
+            extra["vision_tokens"] = self.teacher_tokens.tokens(has_img)
+        return dataclasses.replace(teacher, **extra)
 
 
 class StudentTrainRecipe:
@@ -164,7 +193,7 @@ class StudentTrainRecipe:
         """Cached: open the store and refuse a mismatching one before anything is built.
         Online: load the frozen teacher. Returns the teacher's (heads, hidden) for the adapters."""
         wf, mode = self.wf, self.wf.train.mode
-        self.reader = None
+        self.reader, self.vision_source = None, None
         if mode == "cached":
             from cache_schema.reader import CacheReader  # noqa: PLC0415
 
@@ -175,6 +204,9 @@ class StudentTrainRecipe:
             self.reader = CacheReader(path)
             info = check_store(wf, self.args.subset, self.reader)
             check_token_hashes(wf, self.args.subset, self.args.stage, path)
+            # before any model is built: a recompute store needs this student's tower to be the teacher's
+            needs = self.resolved.teacher_targets()
+            self.vision_source = vision_source(self.reader.provenance, self.args.init, needs.vision_tokens, bool(needs.attn))
             return info.teacher_heads, info.teacher_hidden
         if mode == "online":
             from student_train.online import OnlineTeacher  # noqa: PLC0415
@@ -201,7 +233,8 @@ class StudentTrainRecipe:
         self._carry_adapters(adapters)
         keys = self.resolved.attn_keys
         spec = CaptureSpec(layers=tuple(dict.fromkeys(l for l, _ in keys)), blocks=tuple(dict.fromkeys(b for _, b in keys)))
-        return TrainModule(student, AlignKDLoss(self.resolved, adapters), spec).to(self.device)
+        tokens, attention = build_teacher_recompute(self.reader, self.resolved, self.vision_source, self.device)
+        return TrainModule(student, AlignKDLoss(self.resolved, adapters), spec, tokens, attention).to(self.device)
 
     def _carry_adapters(self, adapters: Adapters) -> None:
         """Start from the adapters the previous stage trained (`<init>/../adapters.pt`, written by

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import torch
 
-from cache_schema import CacheStore, Provenance, SampleValidationError, UnitWriter
+from cache_schema import Provenance, SampleValidationError, UnitWriter
 from teacher_dump.batches import Batch, Failure, load_image, prepare_batch
 from teacher_dump.plan import Unit
 from teacher_dump.reduce import ReduceSpec, reduce_batch
+from teacher_dump.teacher_weights import create_or_open_store
 
 QUEUE_DEPTH = 4  # reduced batches waiting for the writer (bounds host memory, absorbs I/O jitter)
 _WIRE = {"f16": torch.float16, "bf16": torch.bfloat16}
@@ -51,10 +52,12 @@ class WorkerSpec:
 def reduce_spec(prov: Provenance) -> ReduceSpec:
     enc = prov.encoding
     return ReduceSpec(
-        attn_keys=prov.attn_keys, focus_k=prov.focus_k, logits_topk=prov.logits_topk,
+        # none when the student recomputes them; focus is computed either way
+        attn_keys=prov.stored_attn_keys, focus_k=prov.focus_k, logits_topk=prov.logits_topk,
         wire_attn=torch.float16 if enc.attn == "f16" else torch.float32,
         wire_logprobs=torch.float16 if enc.logprobs == "f16" else torch.float32,
         wire_vision=_WIRE.get(enc.vision, torch.float32),
+        vision_tokens=prov.projector_tokens == "stored",
     )
 
 
@@ -84,7 +87,7 @@ class TeacherWorker:
         self.model = MobileVLM.from_pretrained(spec.teacher_dir, dtype=spec.dtype, device=spec.device).eval()
         self.capture = CaptureSpec(layers=spec.capture_layers, blocks=spec.capture_blocks)
         self.reduce = reduce_spec(spec.provenance)
-        self.store = CacheStore.create_or_open(spec.store_path, spec.provenance)
+        self.store = create_or_open_store(Path(spec.store_path), spec.provenance, Path(spec.teacher_dir))
         self.n_vision = self.model.num_vision_tokens
         self._compute = threading.Lock()  # one unit on the teacher at a time
         self._prefetch = ThreadPoolExecutor(1, thread_name_prefix="prefetch")

@@ -127,7 +127,7 @@ def projected_bytes(plan: Plan, prov: "Provenance") -> dict[str, int]:
     t, n_r, length = np.where(img, col("n_text_after_image"), 0), col("n_response"), col("embedded_len")
     a_item, scale = C.attn_dtype(enc.attn).itemsize, 4 if C.attn_has_scale(enc.attn) else 0
     attn = 0
-    for _, block in prov.attn_keys:
+    for _, block in prov.stored_attn_keys:  # none when the student recomputes them
         rows, cols = {"tv": (t, v), "vv": (img * v, img * v), "tt": (t, t), "full": (length, length)}[block]
         attn += int((h * rows * (cols * a_item + scale)).sum())
     item = C.ids_dtype(prov.vocab_size).itemsize + C.logprob_dtype(enc.logprobs).itemsize
@@ -135,7 +135,7 @@ def projected_bytes(plan: Plan, prov: "Provenance") -> dict[str, int]:
         "attention": attn,
         "focus": int(2 * min(prov.focus_k, v) * img.sum()),
         "topk": int((n_r * (k * item + 4)).sum()),
-        "image_tokens": plan.n_images * v * d * C.vision_dtype(enc.vision).itemsize,
+        "image_tokens": plan.n_images * v * d * C.vision_dtype(enc.vision).itemsize if prov.projector_tokens == "stored" else 0,
     }
     out["total"] = sum(out.values())
     return out

@@ -37,6 +37,7 @@ class ReduceSpec:
     wire_attn: torch.dtype = torch.float32
     wire_logprobs: torch.dtype = torch.float32
     wire_vision: torch.dtype = torch.float32
+    vision_tokens: bool = True  # False: the store recomputes them (only the image hash is written)
 
 
 @dataclass
@@ -70,7 +71,8 @@ def reduce_batch(al: AlignOutput, index: list[SampleIndex], meta: BatchMeta, spe
         focus = focus_indices(tv, spec.focus_k) if si.has_image else tv.new_zeros(0, dtype=torch.long)
         d = {"attn": attn, "focus": focus, "ids": ids[i], "lp": lps[i], "tail": tails[i]}
         if meta.emit_image[i] and al.vision_tokens is not None:
-            d["vis"] = al.vision_tokens[i].to(spec.wire_vision)  # [|V|, D_t]
+            # [|V|, D_t]; a recompute store takes the hash alone: nothing crosses to the host
+            d["vis"] = al.vision_tokens[i].to(spec.wire_vision) if spec.vision_tokens else None
         dev.append(d)
     host = _to_host(dev)
     samples, images = [], []
@@ -89,7 +91,7 @@ def reduce_batch(al: AlignOutput, index: list[SampleIndex], meta: BatchMeta, spe
             )
         )
         if "vis" in d:
-            images.append((meta.image_hashes[i], _f32(d["vis"])))
+            images.append((meta.image_hashes[i], None if d["vis"] is None else _f32(d["vis"])))
     return samples, images
 
 

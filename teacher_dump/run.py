@@ -18,6 +18,7 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 from tqdm import tqdm
@@ -27,6 +28,7 @@ from pipeline.preflight import format_counts, human_bytes, manifest_counts
 from teacher_dump.actor import TeacherWorker, WorkerSpec, read_failures
 from teacher_dump.lock import dump_lock
 from teacher_dump.plan import Plan, Unit, make_plan, plan_digest, projected_bytes
+from teacher_dump.teacher_weights import create_or_open_store, teacher_first_layer, teacher_projector  # noqa: F401
 from teacher_dump.validate import NOT_HASHED, DumpInputError, DumpJob
 
 UNITS_IN_FLIGHT = 2  # per actor: one computing, one committing (the actor's max_concurrency)
@@ -83,7 +85,11 @@ def describe(job: DumpJob, plan: Plan, complete: int) -> str:
         f"  units {len(plan.units)} of ≤{job.unit_size} samples ({complete} complete, {len(plan.units) - complete} to run)",
         f"  actors {job.workers} × ({job.num_cpus:g} CPU, {job.num_gpus:g} GPU), batch {job.batch_size}, dtype {job.dtype}",
         f"  targets: attn {', '.join(p.attn_blocks)} [{p.encoding.attn}], focus k={p.focus_k}, "
-        f"top-{p.logits_topk} logprobs [{p.encoding.logprobs}], projector tokens [{p.encoding.vision}]",
+        f"top-{p.logits_topk} logprobs [{p.encoding.logprobs}], projector tokens "
+        + (f"[{p.encoding.vision}]" if p.projector_tokens == "stored" else
+           f"recomputed by the student (teacher projector kept once; tower {p.vision_tower_fingerprint})")
+        + ("; attention recomputed by the student (teacher embedding, layer-0 norm and q/k kept once)"
+           if p.attention == "recompute" else ""),
         "  projected size before compression: " + ", ".join(f"{k} {human_bytes(v)}" for k, v in size.items()),
     ]
     lines += [f"  note: {n}" for n in job.notes]
@@ -142,6 +148,11 @@ class _Actors:
 
 
 # ---- run ---------------------------------------------------------------------------------------
+def open_store(job: DumpJob) -> CacheStore:
+    """Create the job's store (with the teacher weights it keeps once) or open it to resume."""
+    return create_or_open_store(job.store_path, job.provenance, job.teacher_dir)
+
+
 def run_units(job: DumpJob, plan: Plan, address: str | None = None, progress: bool = True,
               log: Callable[[str], None] = print, on_unit: Callable[[dict], None] | None = None) -> DumpReport:
     """Run every incomplete unit on Ray actors; returns when all are committed (or raises DumpError).
@@ -149,7 +160,7 @@ def run_units(job: DumpJob, plan: Plan, address: str | None = None, progress: bo
     on_unit(result) is called in the driver after each committed unit (unit_id, n, failures,
     compute_s, wall_s, pid of the actor): progress hooks, benchmarks, fault-injection tests.
     """
-    store = CacheStore.create_or_open(job.store_path, job.provenance)
+    store = open_store(job)
     gone = store.remove_leftovers()  # of killed earlier runs (we hold the dump lock: none is live here)
     if gone:
         log(f"removed {len(gone)} leftover(s) of an interrupted earlier run: "

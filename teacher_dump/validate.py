@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from cache_schema import CacheStore, CacheError, Encoding, Provenance
 from cache_schema.create import store_state
 from cache_schema.provenance import check_provenance
-from pipeline.fingerprint import checkpoint_fingerprint, config_fingerprint, tokenizer_fingerprint
+from pipeline.fingerprint import checkpoint_fingerprint, config_fingerprint, tokenizer_fingerprint, tower_fingerprint
 from pipeline.preflight import ModelInfo, check_vocab, inspect_model
 from pipeline.workflow import CacheConfig, Workflow, WorkflowError
 from teacher_dump.manifest import SubsetRows, read_subset, subset_fingerprint
@@ -32,7 +32,8 @@ DTYPES = ("float32", "float16", "bfloat16")
 # workflow `cache:` spellings -> cache_schema Encoding modes (cache_schema's own names pass through)
 _ATTN = {"float32": "f32", "float16": "f16", "uint8": "u8", "uint8sqrt": "u8sqrt",
          # opt-in low-bit codes (one per byte; the zstd branch below gives them the bitshuffle codec)
-         "uint6": "u6", "uint6sqrt": "u6sqrt", "uint4": "u4", "uint4sqrt": "u4sqrt"}
+         "uint6": "u6", "uint6sqrt": "u6sqrt", "uint5": "u5", "uint5sqrt": "u5sqrt",
+         "uint4": "u4", "uint4sqrt": "u4sqrt"}
 _LOGPROB = {"float32": "f32", "float16": "f16"}
 _VISION = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 NOT_HASHED = "not-hashed-in-dry-run"  # teacher_fingerprint of a dry run's provenance (weights unread)
@@ -96,6 +97,64 @@ def encoding_from_cache(cache: CacheConfig) -> Encoding:
         vision=mode(_VISION, "vision_dtype", cache.vision_dtype),
         attn_codec=attn_codec, logits_codec=logits_codec, vision_codec=vision_codec,
     )
+
+
+PROJECTOR_TOKENS = ("auto", "recompute", "stored")
+
+
+def projector_tokens_mode(wf: Workflow, teacher_tower: str, problems: list[str], notes: list[str]) -> str:
+    """cache.projector_tokens → "stored" | "recompute" for the store. auto: recompute only when
+    models.student is at hand and its tower fingerprint equals the teacher's (the one case where
+    the student can rebuild the teacher's tokens exactly); recompute with a student whose tower
+    differs is a problem, with no student at hand a note (student-train checks it again)."""
+    want = wf.cache.projector_tokens
+    if want not in PROJECTOR_TOKENS:
+        problems.append(f"cache.projector_tokens={want!r} (allowed: {', '.join(PROJECTOR_TOKENS)})")
+        return "stored"
+    if want == "stored":
+        return want
+    student = Path(wf.models.student).expanduser()
+    try:
+        student_tower = tower_fingerprint(student) if (student / "config.json").is_file() else None
+    except (FileNotFoundError, ValueError, OSError) as exc:  # no weights yet, unreadable config
+        notes.append(f"cache.projector_tokens: the student's tower could not be read ({exc})")
+        student_tower = None
+    if want == "auto":
+        if student_tower is not None and student_tower == teacher_tower:
+            return "recompute"
+        why = ("the student's tower differs from the teacher's" if student_tower else
+               f"{wf.label('models.student')} is not at hand to compare towers")
+        notes.append(f"cache.projector_tokens auto -> stored ({why}): the teacher's projector tokens are written "
+                     "per image (~1.08 MB each at the 7B's width)")
+        return "stored"
+    if student_tower is not None and student_tower != teacher_tower:
+        problems.append(f"cache.projector_tokens=recompute but the student's vision tower ({student_tower}, "
+                        f"{student}) differs from the teacher's ({teacher_tower}): the student cannot rebuild "
+                        "the teacher's tokens; set cache.projector_tokens: stored")
+    elif student_tower is None:
+        notes.append("cache.projector_tokens=recompute with no student at hand: student-train will refuse a student "
+                     f"whose vision tower fingerprint is not {teacher_tower}")
+    return "recompute"
+
+
+ATTENTION = ("auto", "recompute", "stored")
+
+
+def attention_mode(wf: Workflow, tokens: str, blocks: tuple[str, ...], problems: list[str], notes: list[str]) -> str:
+    """cache.attention → "stored" | "recompute": recompute needs the projector tokens recomputed
+    (they are part of layer 0's input) and first-layer blocks only; auto takes it whenever it can."""
+    want = wf.cache.attention
+    if want not in ATTENTION:
+        problems.append(f"cache.attention={want!r} (allowed: {', '.join(ATTENTION)})")
+        return "stored"
+    ok = tokens == "recompute" and all(b.startswith("first.") for b in blocks)
+    if want == "recompute" and not ok:
+        problems.append(f"cache.attention=recompute needs the projector tokens recomputed (they are {tokens}) and "
+                        f"first-layer blocks only (cache.layers {list(wf.cache.layers)}): set cache.attention: stored")
+    if want == "auto" and not ok:
+        notes.append("cache.attention auto -> stored (the teacher's attention needs its projector tokens recomputed and "
+                     "first-layer blocks only to be recomputed)")
+    return "recompute" if ok and want != "stored" else "stored"
 
 
 def _abs(p: str) -> Path:
@@ -232,6 +291,13 @@ def check_inputs(wf: Workflow, subset: str, workers: int | None = None, batch_si
         # hashing reads every weight (~1 min for 14 GB): a dry run does it only to check a resume
         hashed = not dry_run or (resume and info.weight_bytes > 0)
         try:
+            tower = tower_fingerprint(teacher) if info.weight_bytes else NOT_HASHED
+        except (FileNotFoundError, ValueError, OSError) as exc:
+            problems.append(f"{wf.label('models.teacher')}: cannot read its vision tower ({exc})")
+            tower = NOT_HASHED
+        mode = projector_tokens_mode(wf, tower, problems, notes)
+        attention = attention_mode(wf, mode, tuple(f"{l}.{b}" for l in layers for b in blocks), problems, notes)
+        try:
             prov = Provenance(
                 teacher_fingerprint=checkpoint_fingerprint(teacher) if hashed else NOT_HASHED,
                 teacher_config_fingerprint=config_fingerprint(teacher),
@@ -242,6 +308,7 @@ def check_inputs(wf: Workflow, subset: str, workers: int | None = None, batch_si
                 teacher_heads=cfg.num_attention_heads, teacher_hidden_size=cfg.hidden_size,
                 vocab_size=cfg.vocab_size, logits_topk=wf.cache.logits_topk, focus_k=wf.cache.focus_k,
                 attn_blocks=tuple(f"{l}.{b}" for l in layers for b in blocks), encoding=encoding,
+                projector_tokens=mode, vision_tower_fingerprint=tower, attention=attention,
             )
         except ValueError as exc:
             problems.append(f"cache section: {exc}")

@@ -12,6 +12,7 @@ resuming after s optimiser steps with gradient accumulation g is `start_step = s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -27,7 +28,7 @@ from student_train.data.dataset import CacheMismatchError, StudentDataset
 from student_train.data.manifest import StageRows
 from student_train.data.sampler import ShardedBatchSampler, micro_steps_per_epoch
 from student_train.data.store_check import StoreInfo, StoreMismatchError, check_store, expected_provenance
-from student_train.losses import resolve_loss
+from student_train.losses import TeacherTargets, resolve_loss
 
 log = logging.getLogger(__name__)
 MODES = ("cached", "online", "sft")
@@ -60,6 +61,17 @@ def _drop_missing(wf: Workflow, rows: StageRows, reader: CacheReader) -> int:
     return len(missing)
 
 
+def stored_needs(needs: TeacherTargets, prov) -> TeacherTargets:
+    """What the loader reads of `needs` from a store of provenance `prov`: a cache v2 store's
+    projector tokens and first-layer attention are recomputed by the trained module
+    (student_train.teacher_projector), not read."""
+    if prov.projector_tokens != "stored":
+        needs = dataclasses.replace(needs, vision_tokens=False)
+    if prov.attention != "stored":
+        needs = dataclasses.replace(needs, attn=())
+    return needs
+
+
 def build_train_loader(
     wf: Workflow,
     subset: str,
@@ -89,7 +101,7 @@ def build_train_loader(
     if mode == "cached":
         reader = reader or CacheReader(wf.cache_path(subset))
         check_store(wf, subset, reader)
-        needs = resolve_loss(wf.train.loss).teacher_targets()
+        needs = stored_needs(resolve_loss(wf.train.loss).teacher_targets(), reader.provenance)
         num_missing = _drop_missing(wf, rows, reader)
     else:
         reader = None
@@ -108,5 +120,5 @@ def build_train_loader(
 __all__ = [
     "CacheMismatchError", "MissingSampleError", "ShardedBatchSampler", "StoreInfo", "StoreMismatchError",
     "StudentBatch", "StudentDataset", "build_train_loader", "check_store", "expected_provenance",
-    "micro_steps_per_epoch",
+    "micro_steps_per_epoch", "stored_needs",
 ]

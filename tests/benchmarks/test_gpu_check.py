@@ -29,5 +29,6 @@ def test_tiny_cpu_run_writes_the_tables(tmp_path):
     assert all(v is not None and v > 0 for v in res["ratios"].values())
     assert rep["deepspeed"]["bf16"]["step_s"]["median"] > 0 and rep["deepspeed"]["bf16"]["zero_stage"] == 2
     assert rep["reader"]["workers_needed"] > 0
+    assert rep["cache"]["projector_tokens"] == rep["cache"]["attention"] == "recompute"  # the step rebuilds both
     md = (out / "gpu_bench.md").read_text()
     assert "DeepSpeed ZeRO-2" in md and "| cached |" in md

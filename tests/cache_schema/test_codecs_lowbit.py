@@ -1,4 +1,4 @@
-"""The opt-in low-bit attention encodings (u6, u6sqrt, u4, u4sqrt): per-entry error bounds, the
+"""The opt-in low-bit attention encodings (u6, u6sqrt, u5, u5sqrt, u4, u4sqrt): per-entry error bounds, the
 default and the 8-bit codes unchanged, and a round trip through a real store with the
 bit-shuffling codec they are meant for (which must also make them smaller on disk)."""
 
@@ -12,7 +12,8 @@ from cache_schema_testlib import TINY_CHUNKS, make_prov, write_unit
 from cache_schema import CacheReader, CacheStore, Encoding
 from cache_schema import codecs as C
 
-LOWBIT = {"u6": (63, False), "u6sqrt": (63, True), "u4": (15, False), "u4sqrt": (15, True)}
+LOWBIT = {"u6": (63, False), "u6sqrt": (63, True), "u5": (31, False), "u5sqrt": (31, True), "u4": (15, False),
+          "u4sqrt": (15, True)}
 
 
 def _heavy_tailed(rng: np.random.Generator, shape=(8, 20, 144)) -> np.ndarray:

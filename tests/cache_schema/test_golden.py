@@ -23,16 +23,17 @@ def _arr(dtype, codec, chunk, shard, kind="sample"):
 
 GOLDEN = {
     "format": "alignkd-teacher-cache",
-    "schema_version": 1,
+    "schema_version": 2,
     "provenance": {
         "teacher_fingerprint": "t", "teacher_config_fingerprint": "c", "tokenizer_fingerprint": "k",
         "manifest_fingerprint": "m", "templates": ["plain", "v1"], "subset": "short", "max_length": 2048,
         "num_vision_tokens": 144, "teacher_heads": 32, "teacher_hidden_size": 4096, "vocab_size": 32000,
         "logits_topk": 64, "focus_k": 16, "attn_blocks": ["first.tv"],
+        "projector_tokens": "stored", "vision_tower_fingerprint": "", "attention": "stored",
         "encoding": {"attn": "u8sqrt", "logprobs": "f16", "vision": "f16", "attn_codec": "zstd:3",
                      "logits_codec": "blosc:zstd:3:shuffle", "vision_codec": "blosc:zstd:3:shuffle",
                      "chunk_bytes_large": 1048576, "chunk_bytes_small": 65536, "shard_chunks": 64},
-        "schema_version": 1, "created_by": "cmd", "created_at": "2025-01-01T00:00:00+00:00",
+        "schema_version": 2, "created_by": "cmd", "created_at": "2025-01-01T00:00:00+00:00",
     },
     "layout": {
         "attn_first_tv": _arr("|u1", "zstd:3", 1048576, 67108864),
@@ -43,12 +44,39 @@ GOLDEN = {
         "tail_logmass": _arr("<f4", "blosc:zstd:3:shuffle", 16384, 1048576),
         "image_tokens": _arr("<f2", "blosc:zstd:3:shuffle", 524288, 33554432, kind="image"),
     },
+    "projector": None,
+    "first_layer": None,
 }
 
 
 def test_root_metadata_golden():
-    assert SCHEMA_VERSION == 1
+    assert SCHEMA_VERSION == 2
     assert json.loads(json.dumps(root_meta(PROV))) == GOLDEN
+
+
+def test_recompute_store_golden(tmp_path):
+    """projector_tokens "recompute": no image_tokens array; the teacher projector's tensors are
+    listed in the root (shape + CRC-32) and kept under <store>/projector/."""
+    import numpy as np
+    from dataclasses import replace
+
+    from cache_schema import CacheReader
+    from cache_schema.records import crc32
+
+    prov = replace(PROV, projector_tokens="recompute", vision_tower_fingerprint="v")
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    CacheStore.create_or_open(tmp_path / "c", prov, projector={"mlp.0.weight": w})
+    meta = json.loads((tmp_path / "c" / "zarr.json").read_text())["attributes"]["alignkd_cache"]
+    want = dict(GOLDEN, provenance=dict(GOLDEN["provenance"], projector_tokens="recompute",
+                                        vision_tower_fingerprint="v", created_at=meta["provenance"]["created_at"],
+                                        created_by=meta["provenance"]["created_by"]),
+                layout={k: v for k, v in GOLDEN["layout"].items() if k != "image_tokens"},
+                projector={"mlp.0.weight": {"shape": [2, 3], "crc32": crc32(w)}}, first_layer=None)
+    assert meta == want
+    assert (tmp_path / "c" / "projector" / "mlp.0.weight" / "zarr.json").is_file()
+    CacheStore.open(tmp_path / "c").finalize([])
+    got = CacheReader(tmp_path / "c").teacher_projector()
+    assert list(got) == ["mlp.0.weight"] and np.array_equal(got["mlp.0.weight"], w)
 
 
 def test_codec_chains_golden():

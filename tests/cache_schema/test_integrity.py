@@ -93,10 +93,20 @@ def test_unknown_schema_version_refused(store):
     meta = json.loads(root.read_text())
     meta["attributes"]["alignkd_cache"]["schema_version"] = 99
     root.write_text(json.dumps(meta))
-    with pytest.raises(CacheVersionError, match="schema_version expected 1, got 99"):
+    with pytest.raises(CacheVersionError, match="schema_version expected 2, got 99"):
         CacheReader(store.path)
-    with pytest.raises(CacheVersionError, match="expected 1, got 99"):
+    with pytest.raises(CacheVersionError, match="expected 2, got 99"):
         CacheStore.create_or_open(store.path, make_prov())
+
+
+def test_version_1_store_refused_by_name(store):
+    """A store written before the projector recompute (schema 1) is refused with the fix."""
+    root = store.path / "zarr.json"
+    meta = json.loads(root.read_text())
+    meta["attributes"]["alignkd_cache"]["schema_version"] = 1
+    root.write_text(json.dumps(meta))
+    with pytest.raises(CacheVersionError, match=r"expected 2, got 1 \(version 1: .*re-dump the teacher"):
+        CacheReader(store.path)
 
 
 def test_finalize_coverage_errors(tmp_path):

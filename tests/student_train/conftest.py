@@ -50,10 +50,12 @@ class TinyWorld:
 
     def write_store(self, wf, subset: str = SUBSET, path: Path | None = None, encoding=None,
                     drop: tuple[str, ...] = (), token_hash_override: dict[str, str] | None = None,
-                    batch_size: int = 4) -> Path:
-        """Run the teacher over the subset's rows (minus `drop`) and write + finalise a store."""
+                    batch_size: int = 4, projector_tokens: str = "stored", attention: str = "stored") -> Path:
+        """Run the teacher over the subset's rows (minus `drop`) and write + finalise a store.
+        projector_tokens "recompute": the teacher projector instead of its tokens, as the dump writes it."""
         return _write_store(wf, subset, Path(path or wf.cache_path(subset)), encoding, drop,
-                            token_hash_override or {}, batch_size, self.manifest_rows(subset))
+                            token_hash_override or {}, batch_size, self.manifest_rows(subset), projector_tokens,
+                            attention)
 
 
 def _build(root: Path):
@@ -107,13 +109,15 @@ def _batch(rows: list[dict], image_size: int, config) -> dict:
     return dict(input_ids=ids, attention_mask=am, labels=lab, images=px if any_img else None)
 
 
-def _write_store(wf, subset, path, encoding, drop, override, batch_size, rows) -> Path:
+def _write_store(wf, subset, path, encoding, drop, override, batch_size, rows, projector_tokens="stored",
+                 attention="stored") -> Path:
     from cache_schema import CacheStore, Encoding, Provenance, SampleTargets
     from pipeline.fingerprint import (
         checkpoint_fingerprint,
         config_fingerprint,
         manifest_subset_fingerprint,
         tokenizer_fingerprint,
+        tower_fingerprint,
     )
     from pipeline.models import CaptureSpec, MobileVLM
     from pipeline.targets import focus_indices, sparse_topk
@@ -130,9 +134,19 @@ def _write_store(wf, subset, path, encoding, drop, override, batch_size, rows) -
         num_vision_tokens=teacher.num_vision_tokens, teacher_heads=cfg.num_attention_heads,
         teacher_hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size, logits_topk=wf.cache.logits_topk,
         focus_k=wf.cache.focus_k, attn_blocks=tuple(f"{l}.{b}" for l, b in keys),
-        encoding=encoding or Encoding(),
+        encoding=encoding or Encoding(), projector_tokens=projector_tokens,
+        vision_tower_fingerprint=tower_fingerprint(wf.models.teacher), attention=attention,
     )
-    store = CacheStore.create_or_open(path, prov)
+    projector = {k: v.float().numpy() for k, v in teacher.model.mm_projector.state_dict().items()}
+    first = None
+    if attention == "recompute":  # what the dump keeps: embedding rows, layer-0 norm, q/k projections
+        layer = teacher.model.layers[0]
+        first = ({"embed_tokens.weight": teacher.model.embed_tokens.weight.detach().float().numpy(),
+                  "input_layernorm.weight": layer.input_layernorm.weight.detach().float().numpy(),
+                  **{f"{n}.{p}": t.detach().float().numpy() for n in ("q_proj", "k_proj")
+                     for p, t in getattr(layer.self_attn, n).named_parameters()}},
+                 json.loads((Path(wf.models.teacher) / "config.json").read_text()))
+    store = CacheStore.create_or_open(path, prov, projector=projector, first_layer=first)
     spec = CaptureSpec(layers=tuple(dict.fromkeys(["first", *wf.cache.layers])),
                        blocks=tuple(dict.fromkeys(["tv", *wf.cache.blocks])))
     rows = [r for r in rows if r["sample_id"] not in drop]
@@ -151,11 +165,11 @@ def _write_store(wf, subset, path, encoding, drop, override, batch_size, rows) -
                     w.add_sample(SampleTargets(
                         sample_id=r["sample_id"], token_hash=override.get(r["sample_id"], r["token_hash"]),
                         image_hash=h or None, n_text=ix.n_text_after if h else 0,
-                        attn={key: al.attn[key][i].numpy() for key in keys},
+                        attn={key: al.attn[key][i].numpy() for key in keys} if attention == "stored" else {},
                         focus=focus.long().numpy(), topk_ids=sd.ids.numpy(),
                         topk_logprobs=sd.logprobs.numpy(), tail_logmass=sd.tail_logmass.numpy()))
                     if h and h not in stored:
-                        w.add_image(h, al.vision_tokens[i].numpy())
+                        w.add_image(h, al.vision_tokens[i].numpy() if projector_tokens == "stored" else None)
                         stored.add(h)
     store.finalize([r["sample_id"] for r in rows])
     return path

@@ -140,3 +140,97 @@ def test_default_lossy_cache_is_within_the_stated_bound(tiny_world, tiny_store, 
     for measured, bounds in ((worst, LOSSY_BOUNDS), (enc_only, ENCODING_BOUNDS), ({"near_angle": near}, NEAR_BOUNDS)):
         for k, bound in bounds.items():
             assert measured[k] <= bound, (k, measured[k], bound)
+
+
+@pytest.mark.parametrize("attention", ["stored", "recompute"])
+def test_recomputed_projector_tokens_train_like_stored_ones(tiny_world, tmp_path, attention):
+    """cache v2 (issue 16): lossless stores of the same teacher, one with its projector tokens
+    (and attention), one with only its projector (tokens recomputed) and, `attention=recompute`,
+    only its embedding rows and layer-0 norm/q/k (first-layer attention recomputed); the trained
+    module (recipe.TrainModule, which rebuilds them from the student's tower features) gives the
+    same loss terms and gradients on every micro-batch, and the rebuilt tokens equal the stored
+    ones (float32 both: the same dtype path as the dump)."""
+    from cache_schema import CacheReader
+    from pipeline.constants import IMAGE_TOKEN_INDEX
+    from student_train.recipe import TrainModule
+    from student_train.teacher_projector import build_teacher_recompute, vision_source
+
+    runs = {}
+    for mode in ("stored", "recompute"):
+        wf = tiny_world.workflow()
+        wf.cache.dir = str(tmp_path / mode)
+        tiny_world.write_store(wf, SUBSET, encoding=Encoding.lossless(), projector_tokens=mode,
+                               attention=attention if mode == "recompute" else "stored")
+        reader = CacheReader(wf.cache_path(SUBSET))
+        resolved = resolve_loss(wf.train.loss)
+        assert resolved.uses_vision_tokens  # alignkd reads the teacher's tokens (focus, all_tokens)
+        assert vision_source(reader.provenance, wf.models.student, True) == mode
+        student, resolved, loss_fn = _student_and_loss(wf, reader.provenance.teacher_heads,
+                                                       reader.provenance.teacher_hidden_size)
+        tokens, attn = build_teacher_recompute(reader, resolved, mode, "cpu")
+        assert (attn is not None) == (mode == "recompute" and attention == "recompute")
+        spec = CaptureSpec(layers=resolved.attn_layers, blocks=(resolved.attn_block,))
+        module = TrainModule(student, loss_fn, spec, tokens, attn)
+        loader, _ = build_train_loader(wf, SUBSET, STAGE, "cached", 0, 1, micro_batch=4, seed=0, reader=reader)
+        out = []
+        for batch in loader:
+            assert (batch.teacher.vision_tokens is None) == (mode == "recompute")  # a recompute store's loader reads none
+            assert (batch.teacher.attn == {}) == (attn is not None)
+            total, terms = module(batch)
+            params = [p for p in module.parameters() if p.requires_grad]
+            grads = torch.autograd.grad(total, params, allow_unused=True)
+            flat = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
+            vis = batch.teacher.vision_tokens
+            att = batch.teacher.attn
+            if tokens is not None:  # what that forward rebuilt, once more from the tower's features
+                with torch.no_grad():
+                    module.student_forward(batch)
+                tb = module.teacher_batch(batch)
+                vis, att = tb.vision_tokens, tb.attn
+                assert vis is not None and torch.equal(vis, tokens.tokens((batch.input_ids == IMAGE_TOKEN_INDEX).any(1)))
+            out.append((batch.sample_ids, terms, flat.double(), vis, att))
+        runs[mode] = out
+
+    assert len(runs["stored"]) == len(runs["recompute"]) > 0
+    n_img = 0
+    # float32 both ways; the recomputed attention differs from the dump's only by the order of
+    # float operations (its q/k of one sample's rows vs the batch's), hence the looser bound
+    tol = 1e-6 if attention == "stored" else 1e-5
+    for (ids_s, t_s, g_s, tok_s, att_s), (ids_r, t_r, g_r, tok_r, att_r) in zip(runs["stored"], runs["recompute"]):
+        assert ids_s == ids_r and t_s.keys() == t_r.keys()
+        for k in t_s:
+            assert abs(t_s[k] - t_r[k]) <= tol * max(abs(t_s[k]), 1e-12), (k, t_s[k], t_r[k])
+        assert float((g_s - g_r).norm() / g_s.norm()) <= tol
+        assert att_s.keys() == att_r.keys()
+        for key in att_s:
+            for a, b in zip(att_s[key], att_r[key]):
+                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+        assert (tok_s is None) == (tok_r is None)
+        if tok_s is not None:
+            torch.testing.assert_close(tok_r, tok_s, rtol=1e-5, atol=1e-6)
+            n_img += int(tok_s.abs().sum((1, 2)).gt(0).sum())
+    assert n_img > 0
+
+
+def test_a_student_with_another_tower_is_refused_by_a_recompute_store(tiny_world, tmp_path):
+    """No stored tokens and a student tower that is not the teacher's: one line naming both
+    fingerprints, before any model is built (recipe._setup_teacher, student-train's preflight)."""
+    from cache_schema import CacheReader
+    from pipeline.fingerprint import tower_fingerprint
+    from student_train.teacher_projector import TowerMismatchError, vision_source
+
+    wf = tiny_world.workflow()
+    wf.cache.dir = str(tmp_path / "c")
+    tiny_world.write_store(wf, SUBSET, projector_tokens="recompute")
+    prov = CacheReader(wf.cache_path(SUBSET)).provenance
+    other = MobileVLM.from_pretrained(wf.models.student)
+    with torch.no_grad():
+        next(other.vision_tower.parameters()).add_(1e-3)
+    other.save_pretrained(tmp_path / "other", absolute_tower=False)
+    assert tower_fingerprint(tmp_path / "other") != prov.vision_tower_fingerprint
+    with pytest.raises(TowerMismatchError) as e:
+        vision_source(prov, tmp_path / "other", True)
+    msg = str(e.value)
+    assert "\n" not in msg and prov.vision_tower_fingerprint in msg and tower_fingerprint(tmp_path / "other") in msg
+    assert "cache.projector_tokens: stored" in msg
+    assert vision_source(prov, tmp_path / "other", False) is None  # a loss without tokens needs no tower

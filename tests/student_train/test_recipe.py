@@ -164,13 +164,20 @@ def test_replayed_gradients_arrive_in_an_order_independent_of_the_graph():
 
 
 # ------------------------------------------------------------------- real engine, one rank
-def test_one_rank_cached_run_trains_logs_and_exports(tiny_world, tiny_store, tmp_path, one_rank):
+@pytest.mark.parametrize("tokens", ["stored", "recompute"])
+def test_one_rank_cached_run_trains_logs_and_exports(tiny_world, tiny_store, tmp_path, one_rank, tokens):
+    """Also from a cache v2 recompute store: the teacher's projector tokens and first-layer attention
+    rebuilt inside the DeepSpeed-wrapped module from the student's tower, the teacher weights never
+    trained, checkpointed or exported."""
     from transformers import AutoTokenizer
 
     from pipeline.models import MobileVLM
     from student_train.recipe import StudentTrainRecipe
 
     wf = tiny_world.workflow()
+    if tokens == "recompute":
+        wf.cache.dir = str(tmp_path / "cache")
+        tiny_world.write_store(wf, projector_tokens="recompute", attention="recompute")
     path = write_workflow(wf, tmp_path / "wf.yaml", save_every=1, keep_checkpoints=1)
     out = tmp_path / "run"
     r = StudentTrainRecipe(RunArgs(workflow=str(path), subset="short", stage="finetune", init=wf.models.student,
@@ -178,7 +185,10 @@ def test_one_rank_cached_run_trains_logs_and_exports(tiny_world, tiny_store, tmp
     r.setup()
     try:
         assert r.plan.grad_accum == 2 and r.total_steps == 2
+        assert r.vision_source == tokens
         mod = r.engine.module
+        assert (mod.teacher_tokens is not None) == (mod.teacher_attention is not None) == (tokens == "recompute")
+        assert not any("teacher_tokens" in n or "proj.mlp" in n for n, _ in mod.named_parameters())
         before = {"adapters": snapshot(mod.criterion.adapters), "projector": snapshot(mod.student.model.mm_projector),
                   "tower": snapshot(vision_tower_of(mod.student)), "llm": snapshot(mod.student.model.layers)}
         r.train()

@@ -59,5 +59,8 @@ def assert_stores_equal(a: Path, b: Path) -> None:
             np.testing.assert_array_equal(x.attn[k], y.attn[k], err_msg=f"{sid} attn {k}")
         for f in ("focus", "topk_ids", "topk_logprobs", "tail_logmass"):
             np.testing.assert_array_equal(getattr(x, f), getattr(y, f), err_msg=f"{sid} {f}")
-        if x.image_hash:
+        if x.image_hash and ra.provenance.projector_tokens == "stored":
             np.testing.assert_array_equal(ra.image_tokens(x.image_hash), rb.image_tokens(x.image_hash), err_msg=sid)
+    assert ra.provenance.projector_tokens == rb.provenance.projector_tokens
+    pa, pb = ra.teacher_projector(), rb.teacher_projector()
+    assert pa.keys() == pb.keys() and all(np.array_equal(pa[k], pb[k]) for k in pa)

@@ -9,11 +9,10 @@ import sys
 
 import pytest
 
-from cache_schema import CacheStore
 from cache_schema.create import store_state
 from pipeline.workflow import load_workflow
 from teacher_dump.lock import DumpLockedError, lock_path
-from teacher_dump.run import dump
+from teacher_dump.run import dump, open_store
 from teacher_dump.validate import check_inputs
 from tests.teacher_dump.dumplib import ALIGNKD, REPO, workflow
 
@@ -30,7 +29,7 @@ def test_unfinished_store_from_a_killed_creation_is_resumed_not_refused(dump_wor
     _skeleton(job.store_path)
     job = check_inputs(load_workflow(wf), "short")  # was: "exists, is not empty and is not an alignkd cache"
     assert not job.resume
-    CacheStore.create_or_open(job.store_path, job.provenance)
+    open_store(job)
     assert store_state(job.store_path) == "store" and check_inputs(load_workflow(wf), "short").resume
 
 
@@ -83,12 +82,16 @@ from pathlib import Path
 import cache_schema.create as create
 from cache_schema.provenance import Provenance
 
-def die(tmp, prov):  # build the skeleton aside as create_store does, then die before the rename
-    real_build(tmp, prov)
+from teacher_dump.run import teacher_first_layer, teacher_projector
+
+def die(tmp, *args):  # build the skeleton aside as create_store does, then die before the rename
+    real_build(tmp, *args)
     os.kill(os.getpid(), signal.SIGKILL)
 
 real_build, create._build = create._build, die
-create.create_store(Path(sys.argv[1]), Provenance.from_dict(__import__("json").loads(sys.argv[2])))
+prov = Provenance.from_dict(__import__("json").loads(sys.argv[2]))
+first = teacher_first_layer(Path(sys.argv[3])) if prov.attention == "recompute" else None
+create.create_store(Path(sys.argv[1]), prov, teacher_projector(Path(sys.argv[3])), first)
 """
 
 
@@ -106,7 +109,8 @@ def test_dump_killed_during_store_creation_reruns_to_the_reference_store(dump_wo
     job = check_inputs(load_workflow(wf), "short")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     r = subprocess.run([sys.executable, "-c", KILLED_CREATOR, str(job.store_path),
-                        json.dumps(job.provenance.stamped().to_dict())], env=env, cwd=REPO, timeout=120)
+                        json.dumps(job.provenance.stamped().to_dict()), str(job.teacher_dir)], env=env, cwd=REPO,
+                       timeout=120)
     assert r.returncode == -9
     (left,) = [p for p in job.store_path.parent.iterdir() if ".creating-" in p.name]
     assert not job.store_path.exists()

@@ -8,7 +8,6 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from cache_schema import CacheStore
 from pipeline.workflow import load_workflow
 from teacher_dump.run import dump
 from teacher_dump.validate import DumpInputError, check_inputs
@@ -64,7 +63,9 @@ def test_manifest_from_another_tokenizer_is_refused(dump_world, tmp_path):
 def test_resume_into_a_store_of_other_provenance_is_refused(dump_world, tmp_path):
     base = workflow(tmp_path, "prov", dump_world.world, manifest=dump_world.root / "manifest.parquet")
     job = check_inputs(load_workflow(base), "short")
-    CacheStore.create_or_open(job.store_path, job.provenance)  # an earlier run's (empty) store
+    from teacher_dump.run import open_store
+
+    open_store(job)  # an earlier run's (empty) store
     assert check_inputs(load_workflow(base), "short").resume
     other = load_workflow(base)
     other.cache.logits_topk = 8
