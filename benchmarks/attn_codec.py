@@ -173,15 +173,14 @@ def toy_attention(teacher_dir: str, student_dir: str, world: Path, n_records: in
     """First-layer T→V blocks of teacher and student over the world's first `n_records` eval records,
     and the teacher's blocks as an attention-recompute store's student recomputes them (the teacher
     projector and first-layer weights only, over the tower's features of the same batch)."""
-    from benchmarks.synth import first_layer_of
-    from student_train.teacher_projector import TeacherFirstLayer, TeacherTokens
-
     from PIL import Image
     from transformers import AutoTokenizer
 
+    from benchmarks.synth import first_layer_of
     from evaluation.heldout import pad_encoded
     from pipeline.models import CaptureSpec, MobileVLM, preprocess_image
     from pipeline.templates import encode_conversation
+    from student_train.teacher_projector import TeacherFirstLayer, TeacherTokens
 
     tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
     teacher, student = MobileVLM.from_pretrained(teacher_dir).eval(), MobileVLM.from_pretrained(student_dir).eval()

@@ -30,18 +30,18 @@ the same codecs on a trained (toy) teacher's attention.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 import subprocess
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.common import write_outputs
 from benchmarks.storage import _array_bytes
 from benchmarks.synth import Arch, Setting, bench_provenance, configs, first_layer_of, make_batches
-from benchmarks.common import write_outputs
 from cache_schema import CacheStore, Encoding
 from cache_schema.schema import encode_sample, validate_image
 from pipeline.models import CaptureSpec, MobileVLM
@@ -184,7 +184,8 @@ def to_markdown(rep: dict) -> str:
              f"|V| {sh['n_vision']}, {sh['heads']} heads, hidden {sh['hidden']}, vocab {sh['vocab']}, top-{sh['topk']}, "
              f"focus {sh['focus_k']}; slice {rep['timing']['params'] / 1e6:.0f}M parameters, random weights.", "",
              "du MB/sample: the store's `du -sb` less the teacher weights it keeps once (last column), / samples.", "",
-             "| encoding | projector tokens | attention | attention MB | vision MB | logits kB | focus B | du MB/sample | Short TB (tokens per sample) | Short TB (per image) | teacher weights MB once |",
+             "| encoding | projector tokens | attention | attention MB | vision MB | logits kB | focus B | du MB/sample "
+             "| Short TB (tokens per sample) | Short TB (per image) | teacher weights MB once |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, m in rep["encodings"].items():
         g, p = m["groups_bytes_per_sample"], m["projection_short"]

@@ -140,7 +140,7 @@ def first_layer_of(teacher: MobileVLM) -> tuple[dict, dict]:
     """What an attention-recompute store keeps of a loaded teacher (teacher_dump.run.teacher_first_layer
     reads the same from a checkpoint dir): embedding rows, layer-0 input norm, q/k projections; config."""
     layer = teacher.model.layers[0]
-    f = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
+    f = lambda t: t.detach().float().cpu().numpy()
     tensors = {"embed_tokens.weight": f(teacher.model.embed_tokens.weight),
                "input_layernorm.weight": f(layer.input_layernorm.weight),
                **{f"{n}.{p}": f(t) for n in ("q_proj", "k_proj") for p, t in getattr(layer.self_attn, n).named_parameters()}}

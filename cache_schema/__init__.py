@@ -17,8 +17,17 @@ Reader (student_train):
 """
 
 from cache_schema.codecs import Encoding
-from cache_schema.errors import (CacheError, CacheFormatError, CacheVersionError, CoverageError, IntegrityError,
-                                 NotFinalizedError, ProvenanceMismatch, SampleValidationError, UnitExistsError)
+from cache_schema.errors import (
+    CacheError,
+    CacheFormatError,
+    CacheVersionError,
+    CoverageError,
+    IntegrityError,
+    NotFinalizedError,
+    ProvenanceMismatch,
+    SampleValidationError,
+    UnitExistsError,
+)
 from cache_schema.index import FinalizeReport
 from cache_schema.provenance import SCHEMA_VERSION, Provenance
 from cache_schema.reader import CacheReader

@@ -24,8 +24,15 @@ import pyarrow as pa
 from cache_schema.errors import CoverageError, NotFinalizedError
 from cache_schema.leftovers import remove_leftovers
 from cache_schema.provenance import SCHEMA_VERSION
-from cache_schema.records import (atomic_write, canonical, committed_units, crc32, incomplete_units, load_record,
-                                  provenance_crc)
+from cache_schema.records import (
+    atomic_write,
+    canonical,
+    committed_units,
+    crc32,
+    incomplete_units,
+    load_record,
+    provenance_crc,
+)
 
 if TYPE_CHECKING:
     from cache_schema.writer import CacheStore

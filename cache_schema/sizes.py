@@ -143,7 +143,6 @@ def measure(n_samples: int = 4, n_images: int = 2, seed: int = 0, sh: Shapes = S
     """Write every option through CacheStore/CacheReader; return the JSON-able report."""
     rng = np.random.default_rng(seed)
     samples, truth = [], []
-    t_lp_all, s_lp_all = [], []
     for i in range(n_samples):
         att, att_s = synth_attention(rng, sh)
         t_lp, s_lp, ent = synth_vocab(rng, sh)

@@ -22,13 +22,24 @@ import zarr
 
 from cache_schema.codecs import codec_chain
 from cache_schema.create import create_store
+from cache_schema.errors import CacheError, SampleValidationError, UnitExistsError
 from cache_schema.index import FinalizeReport
-from cache_schema.errors import CacheError, CacheFormatError, SampleValidationError, UnitExistsError
-from cache_schema.provenance import Provenance, check_provenance
-from cache_schema.owner import owner_token
-from cache_schema.records import (COMMIT, atomic_write, check_unit_id, committed_units, crc32, fsync_path,
-                                  fsync_tree, incomplete_units, make_record, provenance_crc, read_root)
 from cache_schema.leftovers import remove_leftovers
+from cache_schema.owner import owner_token
+from cache_schema.provenance import Provenance, check_provenance
+from cache_schema.records import (
+    COMMIT,
+    atomic_write,
+    check_unit_id,
+    committed_units,
+    crc32,
+    fsync_path,
+    fsync_tree,
+    incomplete_units,
+    make_record,
+    provenance_crc,
+    read_root,
+)
 from cache_schema.schema import SampleTargets, dims_columns, encode_sample, unit_arrays, validate_image
 
 

@@ -65,7 +65,7 @@ def vocab_fingerprint(tokenizer_dir: str | Path) -> str:
     apart). Loads the tokenizer (pipeline.tokenizer_load): FileNotFoundError when the directory
     holds neither tokenizer.json nor tokenizer.model, TokenizerLoadError when it cannot be read.
     """
-    from pipeline.tokenizer_load import has_tokenizer, load_tokenizer  # noqa: PLC0415 (transformers)
+    from pipeline.tokenizer_load import has_tokenizer, load_tokenizer  # transformers
 
     if not has_tokenizer(tokenizer_dir):
         raise FileNotFoundError(f"no tokenizer vocabulary (tokenizer.model or tokenizer.json) in {tokenizer_dir}")
@@ -81,7 +81,7 @@ def vocab_size(tokenizer: Any) -> int:
 def tokenizer_size(tokenizer_dir: str | Path) -> int:
     """Largest token id + 1 of the tokenizer in `tokenizer_dir`, in either format (loads it:
     FileNotFoundError / TokenizerLoadError as `vocab_fingerprint`)."""
-    from pipeline.tokenizer_load import has_tokenizer, load_tokenizer  # noqa: PLC0415
+    from pipeline.tokenizer_load import has_tokenizer, load_tokenizer
 
     if not has_tokenizer(tokenizer_dir):
         raise FileNotFoundError(f"no tokenizer vocabulary (tokenizer.model or tokenizer.json) in {tokenizer_dir}")
@@ -131,9 +131,9 @@ def subset_fingerprint(sample_ids: "list[str]", token_hashes: "list[str]", image
 
 def manifest_subset_fingerprint(manifest: str | Path, subset: str) -> str:
     """`subset_fingerprint` of the `in_<subset>` rows of a manifest parquet (three columns read)."""
-    import pyarrow.compute as pc  # noqa: PLC0415  (pyarrow: not at CLI start)
+    import pyarrow.compute as pc  # pyarrow: not at CLI start
 
-    from pipeline.data.contract import read_manifest  # noqa: PLC0415
+    from pipeline.data.contract import read_manifest
 
     t = read_manifest(manifest, ["sample_id", "token_hash", "image_hash", f"in_{subset}"])
     t = t.filter(pc.field(f"in_{subset}"))

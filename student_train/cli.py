@@ -72,7 +72,7 @@ def _num_procs(cli: int, configured: int) -> int:
         raise UsageRefusal(f"train.num_procs = {configured}: give a positive number of ranks per node, or 0 for every GPU")
     if configured > 0:
         return configured
-    import torch  # noqa: PLC0415
+    import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 1
 
@@ -89,8 +89,8 @@ def _preflight(wf, run: RunPlan, stage: str, init: StageInit, resume: bool, out:
     """What the plan cannot refuse: the stage's output directory (and, resumed, its metrics) and,
     cached, the store: its provenance, its teacher weights and manifest, its samples. A store not
     dumped yet is a note of a dry run (it comes before the dump) and refuses a real run."""
-    from student_train.checkpoint import stage_state  # noqa: PLC0415
-    from student_train.plan import PlanError  # noqa: PLC0415
+    from student_train.checkpoint import stage_state
+    from student_train.plan import PlanError
 
     state = stage_state(out / stage)
     if state != "empty" and not resume:
@@ -98,13 +98,13 @@ def _preflight(wf, run: RunPlan, stage: str, init: StageInit, resume: bool, out:
                         "or remove it / choose another --out")
     metrics = out / stage / "metrics.jsonl"
     if resume and state == "partial" and metrics.is_file():  # rank 0 would refuse it, after the launch
-        from student_train.metrics import parse_metrics  # noqa: PLC0415
+        from student_train.metrics import parse_metrics
 
         parse_metrics(metrics)
     if run.mode == "cached":
-        from cache_schema.reader import CacheReader  # noqa: PLC0415
-        from student_train.data import check_store  # noqa: PLC0415
-        from student_train.preflight import check_samples_present, check_store_identity, check_token_hashes  # noqa: PLC0415
+        from cache_schema.reader import CacheReader
+        from student_train.data import check_store
+        from student_train.preflight import check_samples_present, check_store_identity, check_token_hashes
 
         path = wf.cache_path(run.subset)
         dump = f"alignkd teacher-dump --workflow {wf.source} --subset {run.subset}"
@@ -117,8 +117,8 @@ def _preflight(wf, run: RunPlan, stage: str, init: StageInit, resume: bool, out:
         reader = CacheReader(path)
         check_store(wf, run.subset, reader)
         if Path(init.path, "config.json").is_file():  # a later stage's init is written by the stage before it
-            from student_train.losses import resolve_loss  # noqa: PLC0415
-            from student_train.teacher_projector import vision_source  # noqa: PLC0415
+            from student_train.losses import resolve_loss
+            from student_train.teacher_projector import vision_source
 
             needs = resolve_loss(wf.train.loss).teacher_targets()
             vision_source(reader.provenance, init.path, needs.vision_tokens, bool(needs.attn))
@@ -139,9 +139,9 @@ def launch(cmd: list[str], env: dict[str, str], lock) -> int:
 
 def _refusals() -> tuple[type[BaseException], ...]:
     """What a user can cause and fix: bad or missing input, a full disk, a busy or damaged run."""
-    from cache_schema.errors import CacheError  # noqa: PLC0415
-    from student_train.data import MissingSampleError  # noqa: PLC0415
-    from student_train.outlock import OutDirBusyError  # noqa: PLC0415
+    from cache_schema.errors import CacheError
+    from student_train.data import MissingSampleError
+    from student_train.outlock import OutDirBusyError
 
     return (ValueError, OSError, CacheError, MissingSampleError, OutDirBusyError)
 
@@ -190,8 +190,8 @@ def _train(workflow: str, subset: str, stages: list[str], mode: str | None, pres
            launcher_args: str, dry_run: bool) -> int:
     """Check the run, then launch its stages one after the other under the output directory's
     lock; the first failing launcher's exit code, or 0."""
-    from pipeline.workflow import load_workflow  # noqa: PLC0415
-    from student_train.plan import plan_run, stage_init  # noqa: PLC0415  (pyarrow: not at CLI start)
+    from pipeline.workflow import load_workflow
+    from student_train.plan import plan_run, stage_init  # pyarrow: not at CLI start
 
     wf = load_workflow(workflow)
     mode = mode or wf.train.mode
@@ -220,9 +220,9 @@ def _train(workflow: str, subset: str, stages: list[str], mode: str | None, pres
         return 0
     for note in run.notes:  # what was not checked, or is skipped: a real run says so too
         typer.echo(f"[student-train] note: {note}", err=True)
-    from student_train.checkpoint import stage_state  # noqa: PLC0415
-    from student_train.outlock import OutDirLock  # noqa: PLC0415
-    from student_train.shm import reclaim_orphan_buffers  # noqa: PLC0415
+    from student_train.checkpoint import stage_state
+    from student_train.outlock import OutDirLock
+    from student_train.shm import reclaim_orphan_buffers
 
     with OutDirLock(out_dir) as lock:  # held until the last stage's launcher exits (the kernel drops it if we are killed)
         orphans = reclaim_orphan_buffers()

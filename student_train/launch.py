@@ -133,7 +133,7 @@ def launcher_env(num_procs: int) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = RunArgs.parse(argv)
-    from student_train.recipe import StudentTrainRecipe  # noqa: PLC0415  (torch, deepspeed)
+    from student_train.recipe import StudentTrainRecipe  # torch, deepspeed
 
     recipe = StudentTrainRecipe(args)
     try:

@@ -112,11 +112,11 @@ class MetricsWriter:
                       file=sys.stderr, flush=True)
             kept = [r for r in rows if r["step"] <= start_step]
         path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-        from tqdm import tqdm  # noqa: PLC0415
+        from tqdm import tqdm
 
         self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
         try:  # optional: only when tensorboard is installed
-            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+            from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(path.parent / "tb"))
         except Exception:  # noqa: BLE001  (ImportError, or a broken install)

@@ -131,7 +131,7 @@ def stage_init(stage: str, stages: list[str], init: str | None, out: Path, wf: W
 def _check_loss(wf: Workflow, mode: str, problems: list[str]) -> str:
     """train.loss resolved, one line (preset, the active terms with their weights, attention keys);
     --mode sft must not need teacher targets (the recipe would refuse it on every rank)."""
-    from student_train.losses import LossConfigError, resolve_loss  # noqa: PLC0415
+    from student_train.losses import LossConfigError, resolve_loss
 
     try:
         r = resolve_loss(wf.train.loss)
@@ -176,7 +176,7 @@ def _check_student(init: StageInit, dry_run: bool, problems: list[str], notes: l
 
 def _check_manifest(wf: Workflow, problems: list[str]) -> dict[str, dict[str, int]]:
     """Samples per stage and subset, and the manifest was tokenised with data.tokenizer."""
-    from pipeline.data.contract import read_manifest_meta  # noqa: PLC0415
+    from pipeline.data.contract import read_manifest_meta
 
     path = Path(wf.data.manifest)
     if not path.is_file():
@@ -201,8 +201,8 @@ def _plan_stage(wf: Workflow, subset: str, stage: str, init: StageInit, model: M
                 counts: dict[str, dict[str, int]], world_size: int, max_steps: int | None, out: Path,
                 problems: list[str]) -> StagePlan | None:
     """Batch geometry and steps of one stage (None when its batch sizes do not combine)."""
-    from student_train.data import micro_steps_per_epoch  # noqa: PLC0415
-    from student_train.engine import EngineConfigError, batch_plan, fill_ds_config, warmup_steps  # noqa: PLC0415
+    from student_train.data import micro_steps_per_epoch
+    from student_train.engine import EngineConfigError, batch_plan, fill_ds_config, warmup_steps
 
     cfg: StageConfig = getattr(wf.train, stage)
     try:

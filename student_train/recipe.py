@@ -195,7 +195,7 @@ class StudentTrainRecipe:
         wf, mode = self.wf, self.wf.train.mode
         self.reader, self.vision_source = None, None
         if mode == "cached":
-            from cache_schema.reader import CacheReader  # noqa: PLC0415
+            from cache_schema.reader import CacheReader
 
             path = wf.cache_path(self.args.subset)
             if not path.exists():
@@ -209,7 +209,7 @@ class StudentTrainRecipe:
             self.vision_source = vision_source(self.reader.provenance, self.args.init, needs.vision_tokens, bool(needs.attn))
             return info.teacher_heads, info.teacher_hidden
         if mode == "online":
-            from student_train.online import OnlineTeacher  # noqa: PLC0415
+            from student_train.online import OnlineTeacher
 
             dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(wf.train.precision, torch.float32)
             self.online = OnlineTeacher(wf, self.device, dtype, needs=self.resolved.teacher_targets())

@@ -122,7 +122,7 @@ def projected_bytes(plan: Plan, prov: "Provenance") -> dict[str, int]:
 
     enc, h, v, d = prov.encoding, prov.teacher_heads, prov.num_vision_tokens, prov.teacher_hidden_size
     k = min(prov.logits_topk, prov.vocab_size)
-    col = lambda c: np.asarray(plan.table.column(c).to_numpy(), dtype=np.int64)  # noqa: E731
+    col = lambda c: np.asarray(plan.table.column(c).to_numpy(), dtype=np.int64)
     img = np.asarray([bool(x) for x in plan.table.column("image_hash").to_pylist()])
     t, n_r, length = np.where(img, col("n_text_after_image"), 0), col("n_response"), col("embedded_len")
     a_item, scale = C.attn_dtype(enc.attn).itemsize, 4 if C.attn_has_scale(enc.attn) else 0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from cache_schema import CacheStore, CacheError, Encoding, Provenance
+from cache_schema import CacheError, CacheStore, Encoding, Provenance
 from cache_schema.create import store_state
 from cache_schema.provenance import check_provenance
 from pipeline.fingerprint import checkpoint_fingerprint, config_fingerprint, tokenizer_fingerprint, tower_fingerprint

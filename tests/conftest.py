@@ -11,7 +11,8 @@ import torch
 
 def pytest_collection_modifyitems(config, items):
     """`external` tests need software outside the test install (a venv named by an environment
-    variable) or more time and disk than the suite affords (the real-width slice); every run deselects them unless its -m expression names `external` (`pytest -m external`).
+    variable) or more time and disk than the suite affords (the real-width slice); every run
+    deselects them unless its -m expression names `external` (`pytest -m external`).
     A hook, not `addopts = -m "not external"`: any other -m on the command line (`-m slow`,
     `make test-fast`) would replace that one and select them again."""
     if "external" in (config.getoption("markexpr") or ""):

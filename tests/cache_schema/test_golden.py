@@ -57,8 +57,9 @@ def test_root_metadata_golden():
 def test_recompute_store_golden(tmp_path):
     """projector_tokens "recompute": no image_tokens array; the teacher projector's tensors are
     listed in the root (shape + CRC-32) and kept under <store>/projector/."""
-    import numpy as np
     from dataclasses import replace
+
+    import numpy as np
 
     from cache_schema import CacheReader
     from cache_schema.records import crc32

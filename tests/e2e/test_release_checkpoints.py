@@ -23,10 +23,10 @@ from transformers import CLIPVisionConfig
 
 from pipeline.fingerprint import vocab_fingerprint
 from pipeline.models import MobileVLM
-from toy_world.presets import toy_student_config, toy_teacher_config, write_vision_tower
 from tests.e2e.release_run import alignkd, logits, manifest_rows, write_data, write_workflow
 from tests.pipeline.release_checkpoint import write_release_checkpoint
 from tests.pipeline.release_tokenizer import SP_VOCAB
+from toy_world.presets import toy_student_config, toy_teacher_config, write_vision_tower
 
 STEPS = 2
 

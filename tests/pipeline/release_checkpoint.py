@@ -24,8 +24,14 @@ from pathlib import Path
 import torch
 
 from pipeline.models import MobileVLM, MobileVLMConfig
-from pipeline.models.checkpoint import (OURS_VISION, RELEASED_VISION, from_released, read_state_dict, to_released,
-                                       write_state_dict)
+from pipeline.models.checkpoint import (
+    OURS_VISION,
+    RELEASED_VISION,
+    from_released,
+    read_state_dict,
+    to_released,
+    write_state_dict,
+)
 from pipeline.models.config import DEFAULT_GRID, projector_grid
 from tests.pipeline.release_tokenizer import write_release_tokenizer
 
