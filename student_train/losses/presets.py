@@ -110,6 +110,10 @@ def resolve_loss(cfg: LossConfig | None = None) -> ResolvedLoss:
         if not v >= 0.0 or v == float("inf"):
             errors.append(f"train.loss.{t}: a weight must be finite and ≥ 0, got {v}")
     weights = dataclasses.replace(weights, **over)
+    if not (0.0 < cfg.attn_scale < float("inf")):
+        errors.append(f"train.loss.attn_scale: must be finite and > 0, got {cfg.attn_scale}")
+    else:  # scales whatever attention weight the preset (or an override) gives; 0 stays 0
+        weights = dataclasses.replace(weights, attn=weights.attn * cfg.attn_scale)
     if cfg.attn_block is not None:
         block = cfg.attn_block
     if block not in BLOCKS:

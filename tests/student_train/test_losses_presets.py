@@ -64,3 +64,15 @@ def test_from_a_workflow_file(tmp_path):
     r = resolve_loss(load_workflow(p).train.loss)
     assert r.weights.all_tokens == 1.0 and r.active[-1] == "all_tokens"
     assert r.attn_layers == ("first", "last")
+
+
+def test_attn_scale_multiplies_only_where_the_preset_distils_attention():
+    """The toy workflows scale L_attn (attention probabilities ~1/|V| give an MSE of ~1e-4); a
+    Table 3 row without the attention term must stay without it."""
+    assert resolve_loss(LossConfig(preset="all", attn_scale=1000.0)).weights.attn == 1000.0
+    assert resolve_loss(LossConfig(preset="all", attn=2.0, attn_scale=10.0)).weights.attn == 20.0
+    rkl = resolve_loss(LossConfig(preset="rkl", attn_scale=1000.0))
+    assert rkl.weights.attn == 0.0 and "attn" not in rkl.weights.active()
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(LossConfigError, match="attn_scale"):
+            resolve_loss(LossConfig(preset="all", attn_scale=bad))
