@@ -134,8 +134,14 @@ def prepare_teacher(run: StepRunner, wf, w: str) -> None:
 
 
 def _draw_heatmaps(run: StepRunner, wf, w: str, subset: str, report: Path) -> list[Path]:
-    """Teacher T→V attention over the image for the first few cached samples that have one."""
+    """Teacher T→V attention over the image for the first few cached samples that have one; none
+    when the store keeps no attention (cache.attention: recompute: the student rebuilds it)."""
+    from cache_schema import CacheReader
     from pipeline.data.contract import read_manifest
+
+    if CacheReader(wf.cache_path(subset)).provenance.attention == "recompute":
+        typer.echo("    (no attention heat maps: the cache keeps no attention, cache.attention: recompute)")
+        return []
 
     rows = read_manifest(wf.data.manifest, ["sample_id", "image", f"in_{subset}"]).to_pylist()
     ids = [r["sample_id"] for r in rows if r["image"] and r[f"in_{subset}"]][: wf.demo.heatmaps]

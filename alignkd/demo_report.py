@@ -123,7 +123,10 @@ def write_report(report: Path, models: dict[str, Path], students: Path, heatmaps
         "## Held-out exact match", "", *rows, "", verdict, "",
         "![accuracy](accuracy.png)", "", *transfer_rows, *use_rows, "## Training losses", "", "![losses](losses.png)", "",
         "## Teacher first-layer T→V attention over the image (from the cache; focus tokens marked)", "",
-        *[f"![{p.stem}]({p.name})" for p in heatmaps], "",
+        *([f"![{p.stem}]({p.name})" for p in heatmaps] or [
+            "None drawn: this cache keeps no attention (`cache.attention: recompute`, the default when the "
+            "student shares the teacher's tower: the student rebuilds it from the teacher weights the store "
+            "keeps). A store dumped with `cache.attention: stored` has maps for `alignkd cache show --png`."]), "",
         "## Layer probe of the teacher (paper §3.1, Figure 2)", "", "![probe](probe_teacher/layers.png)", "",
         "## Commands run", "", "| # | step | seconds | command |", "|---|---|---|---|",
         *[f"| {s['step']} | {s['title']} | {s['seconds']} | `{s['command']}` |" for s in steps], "",
