@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.workflow import DEFAULT_WORKFLOW, WorkflowError, load_workflow
+from pipeline.workflow import DEFAULT_WORKFLOW, WorkflowError, load_workflow, with_overrides
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -32,7 +32,7 @@ def build(
     try:
         wf = load_workflow(workflow)
         if num_workers is not None:
-            wf.data.num_workers = num_workers
+            wf = with_overrides(wf, {"data.num_workers": num_workers})
         command = ["alignkd", "data", "build", "--workflow", str(workflow)]
         command += ["--num-workers", str(num_workers)] if num_workers is not None else []
         report = build_manifest(wf, command=shlex.join(command), progress=progress)

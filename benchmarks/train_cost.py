@@ -26,7 +26,7 @@ import torch
 from benchmarks.common import Clock, Flags, fmt, ratio, summary, tensor_bytes, transient_peak
 from benchmarks.synth import Arch, Setting, attach_cached, configs, make_batches, write_store
 from pipeline.models import CaptureSpec, MobileVLM
-from pipeline.workflow import LossConfig, StageConfig, Workflow
+from pipeline.workflow import LossConfig, StageConfig, Workflow, with_overrides
 from student_train.adapters import Adapters
 from student_train.data.batch import StudentBatch
 from student_train.engine import build_optimizer, vision_tower_of
@@ -148,8 +148,8 @@ def prepare(s: Setting, device: str, amp: torch.dtype | None, work: Path, seed: 
 
 def build_modes(p: Prepared, device: str, amp: torch.dtype | None) -> list[ModeRun]:
     needs = resolve_loss(LossConfig(preset="alignkd")).teacher_targets()
-    wf = Workflow(source="benchmarks.train_cost")
-    wf.models.teacher, wf.models.num_vision_tokens, wf.cache.focus_k = str(p.t_dir), p.n_vision, FOCUS_K
+    wf = with_overrides(Workflow(source="benchmarks.train_cost"),
+                        {"models.teacher": str(p.t_dir), "models.num_vision_tokens": p.n_vision, "cache.focus_k": FOCUS_K})
     fp16_cuda = amp == torch.float16 and torch.device(device).type == "cuda"
     runs = []
     for name in MODES:

@@ -5,9 +5,10 @@ an intact world under `work` is reused) and the real manifest builder.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-from pipeline.workflow import Workflow, load_workflow
+from pipeline.workflow import Workflow, load_workflow, with_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 # (n_images, n_pretrain, n_finetune): full ≈ 230 samples in the short subset, quick ≈ 22
@@ -20,21 +21,24 @@ def bench_workflow(work: Path, quick: bool) -> Workflow:
     kind = "quick" if quick else "full"
     root = Path(work).resolve() / kind
     w = root / "world"
-    wf.run_dir = str(root)
-    wf.world.dir = str(w)
-    wf.world.n_images, wf.world.n_pretrain, wf.world.n_finetune = SIZES[kind]
-    wf.world.n_eval_images, wf.world.n_eval = 2, 2
-    wf.world.tower_steps = 0  # cost benchmarks: a random tower costs the same per step
-    for ds in [*wf.data.datasets, wf.data.eval]:
-        ds.json = str(w / "data" / Path(ds.json).name)
-        ds.image_root = str(w / "images")
-    wf.data.tokenizer = str(w / "tokenizer")
-    wf.data.manifest, wf.data.rejects = str(root / "manifest.parquet"), str(root / "manifest.rejects.jsonl")
-    wf.data.num_workers = 0  # tokenising in-process: the world is small
-    wf.models.teacher, wf.models.student = str(w / "teacher_init"), str(w / "student_init")
-    wf.cache.dir = str(root / "cache")
-    wf.dump.workers, wf.dump.batch_size, wf.dump.unit_size = 1, 8, 16 if quick else 32
-    wf.source = f"{REPO / 'workflows' / 'toy.yaml'} (re-rooted under {root} by benchmarks.world)"
+    n_images, n_pretrain, n_finetune = SIZES[kind]
+    def moved(ds):  # a dataset's files, under the re-rooted world
+        return replace(ds, json=str(w / "data" / Path(ds.json).name), image_root=str(w / "images"))
+
+    return with_overrides(wf, {
+        "run_dir": str(root), "world.dir": str(w), "world.n_images": n_images, "world.n_pretrain": n_pretrain,
+        "world.n_finetune": n_finetune, "world.n_eval_images": 2, "world.n_eval": 2,
+        "world.tower_steps": 0,  # cost benchmarks: a random tower costs the same per step
+        "data.datasets": [moved(d) for d in wf.data.datasets],
+        "data.eval": moved(wf.data.eval) if wf.data.eval is not None else None,
+        "data.tokenizer": str(w / "tokenizer"),
+        "data.manifest": str(root / "manifest.parquet"), "data.rejects": str(root / "manifest.rejects.jsonl"),
+        "data.num_workers": 0,  # tokenising in-process: the world is small
+        "models.teacher": str(w / "teacher_init"), "models.student": str(w / "student_init"),
+        "cache.dir": str(root / "cache"),
+        "dump.workers": 1, "dump.batch_size": 8, "dump.unit_size": 16 if quick else 32,
+        "source": f"{REPO / 'workflows' / 'toy.yaml'} (re-rooted under {root} by benchmarks.world)",
+    })
     return wf
 
 
@@ -51,8 +55,4 @@ def build(wf: Workflow, log=print) -> Workflow:
 
 def with_cache_dir(wf: Workflow, name: str) -> Workflow:
     """A copy of `wf` whose caches live in `<run_dir>/<name>` (one store per dump run)."""
-    import copy
-
-    out = copy.deepcopy(wf)
-    out.cache.dir = str(Path(wf.run_dir) / name)
-    return out
+    return with_overrides(wf, {"cache.dir": str(Path(wf.run_dir) / name)})

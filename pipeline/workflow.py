@@ -12,6 +12,7 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +45,7 @@ class WorkflowError(ValueError):
 
 
 # ----------------------------------------------------------------------------------- sections
-@dataclass
+@dataclass(frozen=True)
 class WorldConfig:
     """What `alignkd toy world` generates (toy workflows only)."""
 
@@ -69,7 +70,7 @@ class WorldConfig:
     tower_steps: int = 300
 
 
-@dataclass
+@dataclass(frozen=True)
 class DatasetConfig:
     """One LLaVA-format JSON dataset."""
 
@@ -80,7 +81,7 @@ class DatasetConfig:
     stage: Stage = "finetune"
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     datasets: list[DatasetConfig] = field(default_factory=list)
     eval: DatasetConfig | None = None
@@ -99,14 +100,14 @@ class DataConfig:
     image_check: ImageCheck = "load"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelsConfig:
     teacher: str = "runs/toy/teacher"  # MobileVLM-layout checkpoint directory
     student: str = "runs/toy/world/student_init"  # initial student checkpoint directory
     num_vision_tokens: int = 144
 
 
-@dataclass
+@dataclass(frozen=True)
 class CacheConfig:
     dir: str = "runs/toy/cache"  # the store for subset S is {dir}/{S}.zarr
     logits_topk: int = 64
@@ -132,7 +133,7 @@ class CacheConfig:
     layers: list[AttnLayer] = field(default_factory=lambda: ["first"])
 
 
-@dataclass
+@dataclass(frozen=True)
 class DumpConfig:
     workers: int = 2
     num_gpus_per_worker: float = 0.0
@@ -143,7 +144,7 @@ class DumpConfig:
     max_retries: int = 2
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossConfig:
     """Align-KD loss terms; resolved by `student_train.losses.resolve_loss` (which validates it).
 
@@ -174,7 +175,7 @@ class LossConfig:
     tail_model: TailModel = "uniform"
 
 
-@dataclass
+@dataclass(frozen=True)
 class StageConfig:
     epochs: float = 1.0
     max_steps: int = -1
@@ -187,7 +188,7 @@ class StageConfig:
     datasets: list[str] = field(default_factory=list)  # empty: every dataset of this stage
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     mode: TrainMode = "cached"
     deepspeed_config: str = "workflows/zero2.json"
@@ -210,13 +211,13 @@ class TrainConfig:
     finetune: StageConfig = field(default_factory=StageConfig)
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = 32
     max_new_tokens: int = 16
 
 
-@dataclass
+@dataclass(frozen=True)
 class DemoConfig:
     """What `alignkd demo` runs beyond the other sections: the toy teacher's own (larger) budget."""
 
@@ -234,7 +235,7 @@ class DemoConfig:
     heatmaps: int = 3  # T→V attention heatmaps drawn from the cache
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReproduceConfig:
     """What `alignkd reproduce` runs: the paper's Tables 3–4 ablations on Short and Table 1's
     Short/Long block, every (subset, preset) pair once per seed."""
@@ -252,7 +253,7 @@ class ReproduceConfig:
     out: str = ""  # "": <run_dir>/reproduce
 
 
-@dataclass
+@dataclass(frozen=True)
 class Workflow:
     name: str = "toy"
     run_dir: str = "runs/toy"
@@ -307,9 +308,73 @@ def load_workflow(path: str | Path = DEFAULT_WORKFLOW) -> Workflow:
             errors.append(f"{key}: must be 0 or more, got {value}")
     if errors:
         raise WorkflowError(f"{path}: {len(errors)} problem(s):\n  - " + "\n  - ".join(errors))
-    wf.source = str(path)
-    wf.train.deepspeed_config = _beside_workflow(wf.train.deepspeed_config, path)
-    _place_unset_paths(wf, raw)
+    wf = _replace(wf, {"source": str(path),
+                       "train.deepspeed_config": _beside_workflow(wf.train.deepspeed_config, path)})
+    return _place_unset_paths(wf, raw)
+
+
+def with_overrides(wf: Workflow, overrides: Mapping[str, Any]) -> Workflow:
+    """A copy of `wf` with dotted keys replaced: `with_overrides(wf, {"train.finetune.lr": 7e-4,
+    "models.student": "ckpt"})`. The one way a loaded (frozen) workflow changes: every key and
+    value is checked as `load_workflow` checks the file (unknown key, type, fixed choice) and every
+    problem is listed at once (WorkflowError). A value may be a dataclass of the key's type (e.g.
+    a `DatasetConfig` in the list `data.datasets`) or a mapping read into one."""
+    errors: list[str] = []
+    checked: dict[str, Any] = {}
+    for key, value in overrides.items():
+        tp = _key_type(key, errors)
+        if tp is not None:
+            checked[key] = _convert(tp, value, key, errors)
+    if errors:
+        raise WorkflowError(f"{wf.source or 'workflow'}: {len(errors)} problem(s) in the overrides:\n  - "
+                            + "\n  - ".join(errors))
+    return _replace(wf, checked)
+
+
+def _key_type(key: str, errors: list[str]) -> Any:
+    """The declared type of dotted `key` in `Workflow`, or None (one message appended)."""
+    cls: Any = Workflow
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            errors.append(f"{key}: {'.'.join(parts[:i])} is a value, not a section")
+            return None
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            errors.append(f"{key}: unknown key (known in {'.'.join(parts[:i]) or '<top>'}: {', '.join(sorted(hints))})")
+            return None
+        cls = hints[part]
+    return cls
+
+
+def _replace(obj: Any, values: Mapping[str, Any]) -> Any:
+    """dataclasses.replace along dotted keys (already checked): nested sections are rebuilt, the
+    rest shared."""
+    direct: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = value
+    for head, sub in nested.items():
+        direct[head] = _replace(direct.get(head, getattr(obj, head)), sub)
+    return dataclasses.replace(obj, **direct) if direct else obj
+
+
+def workflow_to_dict(wf: Workflow) -> dict:
+    """The workflow as plain data (JSON-able), `source` included: `workflow_from_dict` reads it back
+    equal (how a resolved student run hands its workflow to the ranks)."""
+    return dataclasses.asdict(wf)
+
+
+def workflow_from_dict(data: dict, where: str) -> Workflow:
+    """The inverse of `workflow_to_dict`, as strict as `load_workflow` (WorkflowError naming `where`)."""
+    errors: list[str] = []
+    wf = from_dict(Workflow, data, "", errors)
+    if errors:
+        raise WorkflowError(f"{where}: {len(errors)} problem(s):\n  - " + "\n  - ".join(errors))
     return wf
 
 
@@ -320,18 +385,19 @@ _RUN_PATHS = (("world", "dir", "world"), ("data", "manifest", "manifest.parquet"
               ("models", "student", "world/student_init"))
 
 
-def _place_unset_paths(wf: Workflow, raw: dict) -> None:
+def _place_unset_paths(wf: Workflow, raw: dict) -> Workflow:
     """Paths the file leaves unset go under its run_dir, and an unset run_dir is runs/<name>: a
     workflow named "mine" without `data.manifest` writes runs/mine/manifest.parquet, never into the
     toy's runs/toy/ tree (the dataclass defaults, which are the toy's, apply to name: toy alone)."""
-    if "run_dir" not in raw:
-        wf.run_dir = f"runs/{wf.name}"
+    run_dir = wf.run_dir if "run_dir" in raw else f"runs/{wf.name}"
+    placed: dict[str, Any] = {"run_dir": run_dir}
     for section, key, rel in _RUN_PATHS:
         if key not in (raw.get(section) or {}):
             if (section, key) == ("models", "student") and "dir" in (raw.get("world") or {}):
-                setattr(wf.models, "student", f"{wf.world.dir}/student_init")  # the world writes it
+                placed["models.student"] = f"{wf.world.dir}/student_init"  # the world writes it
             else:
-                setattr(getattr(wf, section), key, f"{wf.run_dir}/{rel}")
+                placed[f"{section}.{key}"] = f"{run_dir}/{rel}"
+    return _replace(wf, placed)
 
 
 def _beside_workflow(rel: str, workflow: Path) -> str:
@@ -414,6 +480,8 @@ def _convert(tp: Any, value: Any, where: str, errors: list[str]) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _convert(inner, value, where, errors)
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):  # an override's own dataclass: its fields checked like a mapping's
+            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(tp)}
         return from_dict(tp, value, where, errors)
     if origin is Literal:
         if value not in args or type(value) is not type(args[0]):

@@ -89,6 +89,7 @@ def _preflight(wf, run: RunPlan, stage: str, init: StageInit, resume: bool, out:
     """What the plan cannot refuse: the stage's output directory (and, resumed, its metrics) and,
     cached, the store: its provenance, its teacher weights and manifest, its samples. A store not
     dumped yet is a note of a dry run (it comes before the dump) and refuses a real run."""
+    from pipeline.workflow import with_overrides
     from student_train.checkpoint import stage_state
     from student_train.plan import PlanError
 
@@ -113,7 +114,10 @@ def _preflight(wf, run: RunPlan, stage: str, init: StageInit, resume: bool, out:
                 run.cache = f"{path} not built yet: run `{dump}` first (then this dry run checks it too)"
                 return
             raise PlanError(f"cache {path} not found: run `{dump}` first, or use --mode online / sft")
-        wf.models.student = init.path if Path(init.path, "config.json").is_file() else wf.models.student
+        # the data side reads the student's config (vocabulary): the stage's init, or the one whose
+        # shapes an earlier stage's export (not written yet) will have
+        student = init.path if Path(init.path, "config.json").is_file() else init.config_of or wf.models.student
+        wf = with_overrides(wf, {"models.student": student})
         reader = CacheReader(path)
         check_store(wf, run.subset, reader)
         if Path(init.path, "config.json").is_file():  # a later stage's init is written by the stage before it
@@ -190,20 +194,23 @@ def _train(workflow: str, subset: str, stages: list[str], mode: str | None, pres
            launcher_args: str, dry_run: bool) -> int:
     """Check the run, then launch its stages one after the other under the output directory's
     lock; the first failing launcher's exit code, or 0."""
-    from pipeline.workflow import load_workflow
+    from pipeline.workflow import load_workflow, with_overrides
     from student_train.plan import plan_run, stage_init  # pyarrow: not at CLI start
 
     wf = load_workflow(workflow)
     mode = mode or wf.train.mode
+    overrides: dict[str, object] = {}
     if preset is not None:
-        wf.train.loss.preset = preset
+        overrides["train.loss.preset"] = preset
     elif mode == "sft":
-        wf.train.loss.preset = "sft"
-    out_dir = Path(out or wf.train.out_dir)
+        overrides["train.loss.preset"] = "sft"
     for st in stages:  # so that the plan shows them; the ranks get them as arguments
-        cfg = getattr(wf.train, st)
-        cfg.lr = cfg.lr if lr is None else lr
-        cfg.projector_lr = cfg.projector_lr if projector_lr is None else projector_lr
+        if lr is not None:
+            overrides[f"train.{st}.lr"] = lr
+        if projector_lr is not None:
+            overrides[f"train.{st}.projector_lr"] = projector_lr
+    wf = with_overrides(wf, overrides)
+    out_dir = Path(out or wf.train.out_dir)
     nprocs = _num_procs(num_gpus, wf.train.num_procs)
     inits = {st: stage_init(st, stages, init, out_dir, wf) for st in stages}
     # check every stage before the first one starts: configs, tokenizers, samples, batches, cache

@@ -32,7 +32,7 @@ from torch import nn
 
 from pipeline.constants import IMAGE_TOKEN_INDEX
 from pipeline.models import CaptureSpec, MobileVLM
-from pipeline.workflow import load_workflow
+from pipeline.workflow import load_workflow, with_overrides
 from student_train import checkpoint as ckpt
 from student_train.adapters import Adapters
 from student_train.data import StudentBatch, build_train_loader, check_store, micro_steps_per_epoch
@@ -114,22 +114,22 @@ class TrainModule(nn.Module):
 class StudentTrainRecipe:
     def __init__(self, args: RunArgs) -> None:
         self.args = args
-        wf = self.wf = load_workflow(args.workflow)
-        t = wf.train
-        t.mode = args.mode or t.mode
-        t.seed = t.seed if args.seed is None else args.seed
+        wf = load_workflow(args.workflow)
+        mode = args.mode or wf.train.mode
+        over: dict[str, object] = {"train.mode": mode,
+                                   "models.student": args.init}  # the data side reads the student's config (image size, vocab)
+        if args.seed is not None:
+            over["train.seed"] = args.seed
         if args.preset is not None:
-            t.loss.preset = args.preset
-        elif t.mode == "sft":
-            t.loss.preset = "sft"  # no teacher: supervised loss only
-        wf.models.student = args.init  # the data side reads the student's config (image size, vocab)
+            over["train.loss.preset"] = args.preset
+        elif mode == "sft":
+            over["train.loss.preset"] = "sft"  # no teacher: supervised loss only
+        for key in ("max_steps", "lr", "projector_lr"):
+            if getattr(args, key) is not None:
+                over[f"train.{args.stage}.{key}"] = getattr(args, key)
+        wf = self.wf = with_overrides(wf, over)
+        t = wf.train
         self.stage_cfg = getattr(t, args.stage)
-        if args.max_steps is not None:
-            self.stage_cfg.max_steps = args.max_steps
-        if args.lr is not None:
-            self.stage_cfg.lr = args.lr
-        if args.projector_lr is not None:
-            self.stage_cfg.projector_lr = args.projector_lr
         self.resolved = resolve_loss(t.loss)
         needs = self.resolved.teacher_targets()
         if t.mode == "sft" and (needs.attn or needs.focus or needs.vision_tokens or needs.logits):

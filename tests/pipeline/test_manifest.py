@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -16,7 +17,7 @@ from pipeline.data import ManifestError
 from pipeline.data.manifest import build_manifest, read_manifest_meta, report_paths
 from pipeline.fingerprint import token_fingerprint, tokenizer_fingerprint
 from pipeline.templates import encode_conversation
-from pipeline.workflow import load_workflow
+from pipeline.workflow import load_workflow, with_overrides
 from tests.pipeline.data_fixtures import (
     caption,
     make_tokenizer,
@@ -100,9 +101,7 @@ def world(tmp_path, tokenizer_dir):
 
 
 def build(wf_path: Path, **overrides):
-    wf = load_workflow(wf_path)
-    for k, v in overrides.items():
-        setattr(wf.data, k, v)
+    wf = with_overrides(load_workflow(wf_path), {f"data.{k}": v for k, v in overrides.items()})
     return wf, build_manifest(wf, command="test", progress=False)
 
 
@@ -239,9 +238,11 @@ def test_image_check_modes_reject_broken_files(world, mode):
 
 def test_invalid_data_section_lists_every_problem(world):
     wf = load_workflow(world["wf"])
-    wf.data.datasets[1].template = "llama_2"
-    wf.data.datasets[1].name = wf.data.datasets[0].name
-    wf.data.subsets = {"short": 0}
+    ds = wf.data.datasets  # a duplicate name, an empty subset
+    wf = with_overrides(wf, {"data.datasets": [ds[0], dataclasses.replace(ds[1], name=ds[0].name), *ds[2:]],
+                             "data.subsets": {"short": 0}})
+    # and a template the load refuses: set past that check on purpose, the builder checks it too
+    object.__setattr__(wf.data.datasets[1], "template", "llama_2")
     with pytest.raises(ManifestError) as exc:
         build_manifest(wf, progress=False)
     msg = str(exc.value)

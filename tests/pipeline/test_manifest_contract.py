@@ -20,7 +20,7 @@ from pipeline.data.contract import (
     read_manifest_meta,
 )
 from pipeline.preflight import manifest_counts
-from pipeline.workflow import Workflow
+from pipeline.workflow import Workflow, with_overrides
 from student_train.data.manifest import StageRows
 from teacher_dump.manifest import read_subset
 
@@ -44,8 +44,7 @@ def _write(path: Path, version: str | None, subsets=("short", "long"), drop: str
 
 
 def _readers(path: Path):
-    wf = Workflow()
-    wf.data.manifest = str(path)
+    wf = with_overrides(Workflow(), {"data.manifest": str(path)})
     return {
         "read_manifest_meta": lambda: read_manifest_meta(path),
         "teacher_dump.read_subset": lambda: read_subset(path, "short"),

@@ -1,10 +1,18 @@
 """The workflow loader is strict: unknown keys and wrong types are errors, all listed at once."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from pipeline.workflow import Workflow, WorkflowError, load_workflow
+from pipeline.workflow import (
+    Workflow,
+    WorkflowError,
+    load_workflow,
+    with_overrides,
+    workflow_from_dict,
+    workflow_to_dict,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -157,3 +165,51 @@ def test_unset_paths_go_under_the_workflows_own_run_dir(tmp_path):
     assert wf.models.student == "/w/student_init"
     p.write_text("train: {seed: 1}\n")  # no name: the toy's paths, as before
     assert load_workflow(p).data.manifest == "runs/toy/manifest.parquet"
+
+
+# ------------------------------------------------------------------- frozen, overridden in one place
+def test_a_loaded_workflow_cannot_be_changed_in_place():
+    wf = load_workflow(REPO / "workflows/toy.yaml")
+    for section, key, value in (("models", "student", "elsewhere"), ("train", "mode", "online"), ("cache", "dir", "x")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(getattr(wf, section), key, value)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        wf.train.finetune.lr = 7e-4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        wf.source = "other.yaml"
+
+
+def test_an_override_is_applied_to_a_copy_and_the_rest_is_kept():
+    wf = load_workflow(REPO / "workflows/toy.yaml")
+    got = with_overrides(wf, {"train.finetune.lr": 7e-4, "models.student": "ckpt", "train.loss.preset": "sft",
+                              "train.seed": 3, "train.pretrain.max_steps": 5, "cache.layers": ["first", "last"]})
+    assert (got.train.finetune.lr, got.models.student, got.train.loss.preset) == (7e-4, "ckpt", "sft")
+    assert (got.train.seed, got.train.pretrain.max_steps, got.cache.layers) == (3, 5, ["first", "last"])
+    assert got.train.pretrain.lr == wf.train.pretrain.lr and got.data == wf.data and got.source == wf.source
+    assert (wf.train.finetune.lr, wf.models.student, wf.train.loss.preset) != (7e-4, "ckpt", "sft")  # the original stays
+    assert with_overrides(wf, {"train.finetune.lr": 1}).train.finetune.lr == 1.0  # int for float, as at load
+    assert with_overrides(wf, {}) == wf
+
+
+def test_bad_overrides_are_refused_all_at_once_naming_key_and_allowed_values():
+    wf = load_workflow(REPO / "workflows/toy.yaml")
+    with pytest.raises(WorkflowError) as err:
+        with_overrides(wf, {"train.finetune.lrr": 1e-3, "train.mode": "cachd", "train.loss.preset": "alignkdd",
+                            "train.seed": "3", "models.student.path": "x", "bogus": 1,
+                            "data.datasets": [{"name": "d", "template": "llama_2"}]})
+    msg = str(err.value)
+    for needle in ("7 problem(s)", "train.finetune.lrr: unknown key", "lr, max_steps",
+                   "train.mode: 'cachd' is not one of cached, online, sft",
+                   "train.loss.preset: 'alignkdd' is not one of sft, rkl, attn, focus, all, alignkd",
+                   "train.seed: expected int, got str", "models.student.path: models.student is a value",
+                   "bogus: unknown key", "data.datasets[0].template: 'llama_2' is not one of plain, v1"):
+        assert needle in msg, msg
+
+
+def test_a_workflow_round_trips_through_plain_data(tmp_path):
+    import json
+
+    wf = with_overrides(load_workflow(REPO / "workflows/toy.yaml"), {"train.finetune.lr": 7e-4, "data.eval": None})
+    assert workflow_from_dict(json.loads(json.dumps(workflow_to_dict(wf))), "run.json") == wf
+    with pytest.raises(WorkflowError, match="run.json: 1 problem"):
+        workflow_from_dict({**workflow_to_dict(wf), "trian": {}}, "run.json")

@@ -5,7 +5,7 @@ writer from a real teacher `forward_align` reduced by `pipeline.targets` (indepe
 teacher_dump, which these tests never import).
 
     def test_x(tiny_world, tiny_store):
-        wf = tiny_world.workflow()               # a fresh deep copy; edit freely
+        wf = tiny_world.workflow()               # frozen; with_overrides(wf, {...}) for a variant
         loader, n = build_train_loader(wf, "short", "finetune", "cached", 0, 1, 2, seed=0)
 
 The teacher is the world's random `teacher_init` with its lm_head scaled by SHARPEN, so that its
@@ -15,9 +15,8 @@ the top-k truncation of the cache is then exercised as it would be on a real tea
 
 from __future__ import annotations
 
-import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -41,8 +40,8 @@ class TinyWorld:
     base: "object"  # pipeline.workflow.Workflow, cache.dir = root/cache, num_workers 0
 
     def workflow(self):
-        """A deep copy of the base workflow (tests edit theirs freely)."""
-        return copy.deepcopy(self.base)
+        """The base workflow (frozen: a test changes its own copy with `with_overrides`)."""
+        return self.base
 
     def manifest_rows(self, subset: str = SUBSET) -> list[dict]:
         t = pq.read_table(self.base.data.manifest)
@@ -61,34 +60,36 @@ class TinyWorld:
 def _build(root: Path):
     from pipeline.data.manifest import build_manifest
     from pipeline.models import MobileVLM
-    from pipeline.workflow import DatasetConfig, load_workflow
+    from pipeline.workflow import DatasetConfig, load_workflow, with_overrides
     from toy_world.world import build_world
 
     wf = load_workflow("workflows/toy.yaml")
     w = root / "world"
-    wf.world.dir = str(w)
-    wf.world.n_images, wf.world.n_eval_images = 8, 2
-    wf.world.tower_steps = 0  # a random tower: fast, and these tests need shapes, not vision
-    wf.world.n_pretrain, wf.world.n_finetune, wf.world.n_eval = 6, 10, 2
-    for ds in [*wf.data.datasets, wf.data.eval]:
-        ds.json = str(w / "data" / Path(ds.json).name)
-        ds.image_root = str(w / "images")
+
+    def moved(ds):  # a dataset's files, under this world
+        return replace(ds, json=str(w / "data" / Path(ds.json).name), image_root=str(w / "images"))
+
     (root / "extra.json").write_text(json.dumps(EXTRA))
-    wf.data.datasets.append(DatasetConfig(name="toy_text", json=str(root / "extra.json"),
-                                          image_root=str(w / "images"), template="v1", stage="finetune"))
-    wf.data.tokenizer = str(w / "tokenizer")
-    wf.data.manifest, wf.data.rejects = str(root / "manifest.parquet"), str(root / "rejects.jsonl")
-    wf.data.num_workers = 0
+    wf = with_overrides(wf, {
+        "world.dir": str(w), "world.n_images": 8, "world.n_eval_images": 2,
+        "world.tower_steps": 0,  # a random tower: fast, and these tests need shapes, not vision
+        "world.n_pretrain": 6, "world.n_finetune": 10, "world.n_eval": 2,
+        "data.datasets": [*map(moved, wf.data.datasets),
+                          DatasetConfig(name="toy_text", json=str(root / "extra.json"), image_root=str(w / "images"),
+                                        template="v1", stage="finetune")],
+        "data.eval": moved(wf.data.eval),
+        "data.tokenizer": str(w / "tokenizer"),
+        "data.manifest": str(root / "manifest.parquet"), "data.rejects": str(root / "rejects.jsonl"),
+        "data.num_workers": 0,
+    })
     build_world(wf)
     build_manifest(wf, command="pytest", progress=False)
     teacher = MobileVLM.from_pretrained(w / "teacher_init")
     with torch.no_grad():
         teacher.lm_head.weight.mul_(SHARPEN)
     teacher.save_pretrained(root / "teacher")
-    wf.models.teacher, wf.models.student = str(root / "teacher"), str(w / "student_init")
-    wf.cache.dir = str(root / "cache")
-    wf.train.num_workers = 0
-    return wf
+    return with_overrides(wf, {"models.teacher": str(root / "teacher"), "models.student": str(w / "student_init"),
+                               "cache.dir": str(root / "cache"), "train.num_workers": 0})
 
 
 def _batch(rows: list[dict], image_size: int, config) -> dict:

@@ -20,6 +20,8 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from pipeline.workflow import with_overrides
+
 REPO = Path(__file__).resolve().parents[2]
 SUBSET, STAGE = "short", "finetune"
 VICTIM = "toy_qa/ft-00002"
@@ -93,7 +95,7 @@ def test_a_store_dumped_by_other_teacher_weights_is_refused_before_launch(tiny_w
 
     wf = tiny_world.workflow()
     assert config_fingerprint(other_teacher) == config_fingerprint(wf.models.teacher)  # same config: passed before
-    wf.models.teacher = str(other_teacher)
+    wf = with_overrides(wf, {"models.teacher": str(other_teacher)})
     out = tmp_path / "run"
     res = _run(write_workflow(wf, tmp_path / "wf.yaml"), out)
     from cache_schema import CacheReader
@@ -108,7 +110,7 @@ def test_a_store_dumped_from_another_manifest_is_refused_unless_skip(tiny_world,
     t = pq.read_table(wf.data.manifest)  # the same data less one pre-training sample: another manifest
     drop = next(r["sample_id"] for r in t.to_pylist() if r["stage"] == "pretrain" and r[f"in_{SUBSET}"])
     pq.write_table(t.filter(pc.not_equal(t["sample_id"], drop)), tmp_path / "manifest.parquet")
-    wf.data.manifest = str(tmp_path / "manifest.parquet")
+    wf = with_overrides(wf, {"data.manifest": str(tmp_path / "manifest.parquet")})
     res = _run(write_workflow(wf, tmp_path / "wf.yaml"), tmp_path / "run", "--dry-run")
     _refused(res, "manifest_fingerprint", str(tmp_path / "manifest.parquet"), "missing_sample: skip")
     res = _run(write_workflow(wf, tmp_path / "wf.yaml", missing_sample="skip"), tmp_path / "run", "--dry-run")
@@ -117,7 +119,7 @@ def test_a_store_dumped_from_another_manifest_is_refused_unless_skip(tiny_world,
 
 def test_samples_missing_from_the_store_are_refused_before_launch(tiny_world, tmp_path):
     wf = tiny_world.workflow()
-    wf.cache.dir = str(tmp_path / "cache")
+    wf = with_overrides(wf, {"cache.dir": str(tmp_path / "cache")})
     tiny_world.write_store(wf, drop=(VICTIM,))  # the dump's manifest, one sample failed
     out = tmp_path / "run"
     _refused(_run(write_workflow(wf, tmp_path / "wf.yaml"), out), "1 of", VICTIM, "missing_sample: skip")
@@ -134,7 +136,7 @@ def test_a_refusal_is_one_line_and_alignkd_debug_shows_the_traceback(tmp_path):
 
 def test_a_multi_problem_refusal_is_one_line(tiny_world, tiny_store, tmp_path):
     wf = tiny_world.workflow()
-    wf.cache.logits_topk, wf.cache.focus_k = 7, 3  # the store holds 64 / 16
+    wf = with_overrides(wf, {"cache.logits_topk": 7, "cache.focus_k": 3})  # the store holds 64 / 16
     line = _refused(_run(write_workflow(wf, tmp_path / "wf.yaml"), tmp_path / "run", "--dry-run"),
                     "2 problem(s)", "logits_topk", "focus_k")
     assert "; " in line

@@ -9,6 +9,7 @@ import torch
 from cache_schema import CacheReader
 from pipeline.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from pipeline.positions import sample_index
+from pipeline.workflow import with_overrides
 from student_train.data import StudentBatch, build_train_loader, check_store
 
 SUBSET, STAGE = "short", "finetune"
@@ -63,8 +64,8 @@ def test_cached_batches_join_manifest_and_cache(tiny_world, tiny_store):
 
 def test_only_the_targets_the_loss_needs_are_loaded(tiny_world, tiny_store):
     wf = tiny_world.workflow()
-    wf.train.loss.preset = "rkl"
-    wf.train.loss.attn = wf.train.loss.focus = wf.train.loss.all_tokens = 0.0
+    wf = with_overrides(wf, {"train.loss.preset": "rkl", "train.loss.attn": 0.0, "train.loss.focus": 0.0,
+                             "train.loss.all_tokens": 0.0})
     batch = next(iter(build_train_loader(wf, SUBSET, STAGE, "cached", 0, 1, 4, seed=0)[0]))
     t = batch.teacher
     assert t.attn == {} and t.focus is None and t.vision_tokens is None and t.sparse is not None
@@ -95,14 +96,14 @@ def test_resume_continues_bit_for_bit(tiny_world, tiny_store):
 def test_worker_processes_give_the_same_batches(tiny_world, tiny_store):
     wf = tiny_world.workflow()
     inline = _batches(build_train_loader(wf, SUBSET, STAGE, "cached", 0, 1, 3, seed=2)[0])
-    wf.train.num_workers, wf.train.prefetch_factor = 1, 2  # the reader is pickled into the worker
+    wf = with_overrides(wf, {"train.num_workers": 1, "train.prefetch_factor": 2})  # the reader is pickled into the worker
     workers = _batches(build_train_loader(wf, SUBSET, STAGE, "cached", 0, 1, 3, seed=2)[0])
     assert len(inline) == len(workers) and all(_same(a, b) for a, b in zip(inline, workers))
 
 
 def test_cached_mode_runs_without_the_teacher_directory(tiny_world, tiny_store, tmp_path):
     wf = tiny_world.workflow()
-    wf.models.teacher = str(tmp_path / "no_teacher_here")  # absent: nothing of the teacher may be opened
+    wf = with_overrides(wf, {"models.teacher": str(tmp_path / "no_teacher_here")})  # absent: nothing of the teacher may be opened
     reader = CacheReader(tiny_store)
     info = check_store(wf, SUBSET, reader)
     assert (info.teacher_heads, info.teacher_hidden) == (8, 256)  # from the store's provenance
@@ -112,7 +113,7 @@ def test_cached_mode_runs_without_the_teacher_directory(tiny_world, tiny_store, 
 
 def test_sft_and_online_modes_carry_no_teacher_and_need_no_cache(tiny_world, tmp_path):
     wf = tiny_world.workflow()
-    wf.cache.dir = str(tmp_path / "no_cache")
+    wf = with_overrides(wf, {"cache.dir": str(tmp_path / "no_cache")})
     for mode in ("sft", "online"):
         loader, n = build_train_loader(wf, SUBSET, "pretrain", mode, 0, 1, 4, seed=0)
         batches = _batches(loader)
@@ -121,7 +122,7 @@ def test_sft_and_online_modes_carry_no_teacher_and_need_no_cache(tiny_world, tmp
 
 def test_dataset_filter_of_the_stage(tiny_world):
     wf = tiny_world.workflow()
-    wf.train.finetune.datasets = ["toy_text"]
+    wf = with_overrides(wf, {"train.finetune.datasets": ["toy_text"]})
     loader, n = build_train_loader(wf, SUBSET, STAGE, "sft", 0, 1, 4, seed=0)
     ids = [s for b in loader for s in b.sample_ids]
     assert n == 2 and sorted(ids) == ["toy_text/txt0", "toy_text/txt1"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cache_schema import CacheReader
+from pipeline.workflow import with_overrides
 from student_train.data import (
     CacheMismatchError,
     MissingSampleError,
@@ -19,7 +20,7 @@ VICTIM = "toy_qa/ft-00002"
 
 def test_token_hash_mismatch_is_refused_naming_the_sample(tiny_world, tmp_path):
     wf = tiny_world.workflow()
-    wf.cache.dir = str(tmp_path)
+    wf = with_overrides(wf, {"cache.dir": str(tmp_path)})
     tiny_world.write_store(wf, SUBSET, token_hash_override={VICTIM: "0123456789abcdef"})
     loader, _ = build_train_loader(wf, SUBSET, STAGE, "cached", 0, 1, 4, seed=0)
     with pytest.raises(CacheMismatchError, match=f"sample '{VICTIM}': token_hash differs"):
@@ -29,8 +30,8 @@ def test_token_hash_mismatch_is_refused_naming_the_sample(tiny_world, tmp_path):
 def test_provenance_mismatch_is_refused_before_training(tiny_world, tiny_store):
     wf = tiny_world.workflow()
     dumped = wf.data.subsets[SUBSET]  # the subset limit the store was dumped for
-    wf.cache.logits_topk = 32  # the store holds top-64
-    wf.data.subsets[SUBSET] = dumped + 40
+    wf = with_overrides(wf, {"cache.logits_topk": 32,  # the store holds top-64
+                             "data.subsets": {**wf.data.subsets, SUBSET: dumped + 40}})
     with pytest.raises(StoreMismatchError) as e:
         build_train_loader(wf, SUBSET, STAGE, "cached", 0, 1, 4, seed=0)
     msg = str(e.value)
@@ -40,8 +41,8 @@ def test_provenance_mismatch_is_refused_before_training(tiny_world, tiny_store):
 
 def test_adapter_expectations_and_missing_blocks_are_checked(tiny_world, tiny_store, tmp_path):
     wf = tiny_world.workflow()
-    wf.models.teacher = str(tmp_path / "absent")
-    wf.train.loss.preset, wf.train.loss.attn_block = "vv", "vv"  # the store holds first.tv only
+    wf = with_overrides(wf, {"models.teacher": str(tmp_path / "absent"),
+                             "train.loss.preset": "vv", "train.loss.attn_block": "vv"})  # the store holds first.tv only
     with pytest.raises(StoreMismatchError) as e:
         check_store(wf, SUBSET, CacheReader(tiny_store), teacher_heads=16, teacher_hidden=256)
     msg = str(e.value)
@@ -51,12 +52,12 @@ def test_adapter_expectations_and_missing_blocks_are_checked(tiny_world, tiny_st
 
 def test_missing_sample_is_an_error_naming_it(tiny_world, tmp_path):
     wf = tiny_world.workflow()
-    wf.cache.dir = str(tmp_path)
+    wf = with_overrides(wf, {"cache.dir": str(tmp_path)})
     tiny_world.write_store(wf, SUBSET, drop=(VICTIM,))
     total = sum(r["stage"] == STAGE for r in tiny_world.manifest_rows(SUBSET))
     with pytest.raises(MissingSampleError, match=f"1 of {total} finetune/short samples .*'{VICTIM}'.*missing_sample: skip"):
         build_train_loader(wf, SUBSET, STAGE, "cached", 0, 1, 4, seed=0)
-    wf.train.missing_sample = "skip"
+    wf = with_overrides(wf, {"train.missing_sample": "skip"})
     loader, n = build_train_loader(wf, SUBSET, STAGE, "cached", 0, 1, 4, seed=0)
     ids = [s for b in loader for s in b.sample_ids]
     assert n == total - 1 and loader.dataset.num_missing == 1 and VICTIM not in ids and len(ids) == n

@@ -20,6 +20,7 @@ import torch
 
 from cache_schema import Encoding
 from pipeline.models import CaptureSpec, MobileVLM, load_config
+from pipeline.workflow import with_overrides
 from student_train.adapters import Adapters
 from student_train.data import build_train_loader
 from student_train.losses import AlignKDLoss, resolve_loss
@@ -106,10 +107,9 @@ def _compare(wf) -> tuple[list[dict], torch.Tensor]:
 @pytest.mark.parametrize("preset", ["alignkd", pytest.param("last", marks=pytest.mark.slow)])
 def test_lossless_cache_equals_online_teacher(tiny_world, tmp_path, preset):
     wf = tiny_world.workflow()
-    wf.cache.dir, wf.cache.logits_topk, wf.cache.layers = str(tmp_path), _vocab(wf), ["first", "last"]
-    wf.train.loss.preset = preset
-    if preset == "last":
-        wf.train.loss.attn_layers = "first+last"
+    wf = with_overrides(wf, {"cache.dir": str(tmp_path), "cache.logits_topk": _vocab(wf), "cache.layers": ["first", "last"],
+                             "train.loss.preset": preset,
+                             **({"train.loss.attn_layers": "first+last"} if preset == "last" else {})})
     tiny_world.write_store(wf, SUBSET, encoding=Encoding.lossless())
     errs, _ = _compare(wf)
     print(f"\nlossless {preset}: " + "; ".join(", ".join(f"{k} {v:.1e}" for k, v in e.items()) for e in errs))
@@ -128,7 +128,7 @@ def test_default_lossy_cache_is_within_the_stated_bound(tiny_world, tiny_store, 
     errs, dense = _compare(wf)
     worst = {k: max(e[k] for e in errs) for k in LOSSY_BOUNDS}
     full = tiny_world.workflow()
-    full.cache.dir, full.cache.logits_topk = str(tmp_path), _vocab(wf)
+    full = with_overrides(full, {"cache.dir": str(tmp_path), "cache.logits_topk": _vocab(wf)})
     tiny_world.write_store(full, SUBSET)  # default (lossy) Encoding
     errs_full, _ = _compare(full)
     enc_only = {k: max(e[k] for e in errs_full) for k in ENCODING_BOUNDS}
@@ -158,7 +158,7 @@ def test_recomputed_projector_tokens_train_like_stored_ones(tiny_world, tmp_path
     runs = {}
     for mode in ("stored", "recompute"):
         wf = tiny_world.workflow()
-        wf.cache.dir = str(tmp_path / mode)
+        wf = with_overrides(wf, {"cache.dir": str(tmp_path / mode)})
         tiny_world.write_store(wf, SUBSET, encoding=Encoding.lossless(), projector_tokens=mode,
                                attention=attention if mode == "recompute" else "stored")
         reader = CacheReader(wf.cache_path(SUBSET))
@@ -220,7 +220,7 @@ def test_a_student_with_another_tower_is_refused_by_a_recompute_store(tiny_world
     from student_train.teacher_projector import TowerMismatchError, vision_source
 
     wf = tiny_world.workflow()
-    wf.cache.dir = str(tmp_path / "c")
+    wf = with_overrides(wf, {"cache.dir": str(tmp_path / "c")})
     tiny_world.write_store(wf, SUBSET, projector_tokens="recompute")
     prov = CacheReader(wf.cache_path(SUBSET)).provenance
     other = MobileVLM.from_pretrained(wf.models.student)

@@ -18,7 +18,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.workflow import StageConfig, load_workflow
+from pipeline.workflow import StageConfig, load_workflow, with_overrides
 from student_train.engine import (
     EngineConfigError,
     batch_plan,
@@ -176,7 +176,7 @@ def test_one_rank_cached_run_trains_logs_and_exports(tiny_world, tiny_store, tmp
 
     wf = tiny_world.workflow()
     if tokens == "recompute":
-        wf.cache.dir = str(tmp_path / "cache")
+        wf = with_overrides(wf, {"cache.dir": str(tmp_path / "cache")})
         tiny_world.write_store(wf, projector_tokens="recompute", attention="recompute")
     path = write_workflow(wf, tmp_path / "wf.yaml", save_every=1, keep_checkpoints=1)
     out = tmp_path / "run"
@@ -285,7 +285,7 @@ def test_cli_dry_run_prints_the_launch(tiny_world, tiny_store, tmp_path):
 
 def test_cli_refuses_a_mismatching_store_before_launching(tiny_world, tiny_store, tmp_path):
     wf = tiny_world.workflow()
-    wf.cache.logits_topk = 7  # the store was dumped with another top-k
+    wf = with_overrides(wf, {"cache.logits_topk": 7})  # the store was dumped with another top-k
     path = write_workflow(wf, tmp_path / "wf.yaml")
     res = _cli(["--workflow", str(path), "--stage", "finetune", "--out", str(tmp_path / "o"), "--dry-run"])
     assert res.exit_code == 1 and "logits_topk" in res.output and "Traceback" not in res.output
@@ -293,7 +293,7 @@ def test_cli_refuses_a_mismatching_store_before_launching(tiny_world, tiny_store
 
 def test_cli_refuses_a_store_dumped_from_other_tokens(tiny_world, tmp_path):
     wf = tiny_world.workflow()
-    wf.cache.dir = str(tmp_path / "cache")
+    wf = with_overrides(wf, {"cache.dir": str(tmp_path / "cache")})
     sid = next(r["sample_id"] for r in tiny_world.manifest_rows() if r["stage"] == "finetune")
     tiny_world.write_store(wf, token_hash_override={sid: "0" * 16})
     path = write_workflow(wf, tmp_path / "wf.yaml")

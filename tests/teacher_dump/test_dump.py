@@ -15,7 +15,7 @@ from PIL import Image
 from cache_schema import CacheReader, verify_store
 from pipeline.models import MobileVLM, preprocess_image
 from pipeline.positions import sample_index
-from pipeline.workflow import load_workflow
+from pipeline.workflow import load_workflow, with_overrides
 from teacher_dump.run import dump, plan_job
 from teacher_dump.validate import DumpInputError, check_inputs
 from tests.teacher_dump.dumplib import workflow
@@ -140,8 +140,7 @@ def test_default_dump_recomputes_and_equals_a_stored_dump(reference, dump_world,
 
 
 def test_changing_unit_size_on_resume_is_refused(reference):
-    wf = load_workflow(reference.job.wf.source)
-    wf.dump.unit_size = 3
+    wf = with_overrides(load_workflow(reference.job.wf.source), {"dump.unit_size": 3})
     job = check_inputs(wf, "short")
     assert job.resume
     with pytest.raises(DumpInputError, match="set dump.unit_size back to 4"):

@@ -8,7 +8,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.workflow import load_workflow
+from pipeline.workflow import load_workflow, with_overrides
 from teacher_dump.run import dump
 from teacher_dump.validate import DumpInputError, check_inputs
 from tests.teacher_dump.dumplib import workflow
@@ -41,7 +41,7 @@ def test_every_input_problem_is_reported_at_once(dump_world, tmp_path):
     (teacher / "config.json").write_text(json.dumps(cfg))
     wf = load_workflow(workflow(tmp_path, "bad", dump_world.world, manifest=tmp_path / "m.parquet",
                                 dump={"dtype": "float16", "unit_size": 0}))
-    wf.models.teacher = str(teacher)
+    wf = with_overrides(wf, {"models.teacher": str(teacher)})
     with pytest.raises(DumpInputError) as err:
         check_inputs(wf, "short")
     msg = str(err.value)
@@ -55,7 +55,7 @@ def test_manifest_from_another_tokenizer_is_refused(dump_world, tmp_path):
     shutil.copytree(dump_world.world / "tokenizer", tok)
     (tok / "tokenizer_config.json").write_text((tok / "tokenizer_config.json").read_text().replace("}", ', "x": 1}', 1))
     wf = load_workflow(workflow(tmp_path, "tok", dump_world.world, manifest=dump_world.root / "manifest.parquet"))
-    wf.data.tokenizer = str(tok)
+    wf = with_overrides(wf, {"data.tokenizer": str(tok)})
     with pytest.raises(DumpInputError, match="rebuild the manifest with the teacher's tokenizer"):
         check_inputs(wf, "short")
 
@@ -67,9 +67,7 @@ def test_resume_into_a_store_of_other_provenance_is_refused(dump_world, tmp_path
 
     open_store(job)  # an earlier run's (empty) store
     assert check_inputs(load_workflow(base), "short").resume
-    other = load_workflow(base)
-    other.cache.logits_topk = 8
-    other.cache.attn_dtype = "float32"
+    other = with_overrides(load_workflow(base), {"cache.logits_topk": 8, "cache.attn_dtype": "float32"})
     with pytest.raises(DumpInputError) as err:
         check_inputs(other, "short")
     msg = str(err.value)
