@@ -1,9 +1,11 @@
 """`alignkd student-train`: phase 2, the student trained on DeepSpeed ZeRO-2 from the teacher cache.
 
-The command checks the run in this process (workflow, the plan of `student_train.plan`: configs
-and tokenizers without weights, samples, batch plan, DeepSpeed config; the cache's provenance,
-what the output directory holds), then re-executes one `deepspeed` launcher per stage
-(`student_train.launch` on every rank). `--stage all` runs pre-training, then fine-tuning from
+The command resolves the run once, in this process (`student_train.run`: the workflow with the
+command line's overrides, the plan of `student_train.plan`: configs and tokenizers without
+weights, samples, batch plan, DeepSpeed config; the store checked once: provenance, teacher
+weights, token ids, the student tower; what the output directory holds), writes each stage's
+`<out>/<stage>/student_run.json` and starts one `deepspeed` launcher per stage
+(`student_train.launch --run <that file>` on every rank, which reads it and resolves nothing). `--stage all` runs pre-training, then fine-tuning from
 pre-training's exported student. `--dry-run` prints the plan instead; before the teacher dump it
 notes the missing cache rather than refusing.
 
@@ -17,14 +19,11 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 import typer
 
-from student_train.launch import MODES, STAGES, RunArgs, launcher_command, launcher_env, release_shm_buffers
-
-if TYPE_CHECKING:
-    from student_train.plan import RunPlan, StageInit
+from student_train.launch import MODES, STAGES, launcher_command, launcher_env, release_shm_buffers
 
 DEBUG_ENV = "ALIGNKD_DEBUG"  # =1: a refusal re-raises, with its traceback
 REFUSED = 1  # exit code of a refusal, as teacher-dump and data build
@@ -85,56 +84,6 @@ def _check_counts(max_steps: int | None, num_nodes: int) -> None:
         raise UsageRefusal(f"--num-nodes {num_nodes}: give at least 1")
 
 
-def _preflight(wf, run: RunPlan, stage: str, init: StageInit, resume: bool, out: Path, dry_run: bool) -> None:
-    """What the plan cannot refuse: the stage's output directory (and, resumed, its metrics) and,
-    cached, the store: its provenance, its teacher weights and manifest, its samples. A store not
-    dumped yet is a note of a dry run (it comes before the dump) and refuses a real run."""
-    from pipeline.workflow import with_overrides
-    from student_train.checkpoint import stage_state
-    from student_train.plan import PlanError
-
-    state = stage_state(out / stage)
-    if state != "empty" and not resume:
-        raise PlanError(f"{out / stage} already holds a {state} run: pass --resume to continue it, "
-                        "or remove it / choose another --out")
-    metrics = out / stage / "metrics.jsonl"
-    if resume and state == "partial" and metrics.is_file():  # rank 0 would refuse it, after the launch
-        from student_train.metrics import parse_metrics
-
-        parse_metrics(metrics)
-    if run.mode == "cached":
-        from cache_schema.reader import CacheReader
-        from student_train.data import check_store
-        from student_train.preflight import check_samples_present, check_store_identity, check_token_hashes
-
-        path = wf.cache_path(run.subset)
-        dump = f"alignkd teacher-dump --workflow {wf.source} --subset {run.subset}"
-        if not path.exists():
-            if dry_run:
-                run.cache = f"{path} not built yet: run `{dump}` first (then this dry run checks it too)"
-                return
-            raise PlanError(f"cache {path} not found: run `{dump}` first, or use --mode online / sft")
-        # the data side reads the student's config (vocabulary): the stage's init, or the one whose
-        # shapes an earlier stage's export (not written yet) will have
-        student = init.path if Path(init.path, "config.json").is_file() else init.config_of or wf.models.student
-        wf = with_overrides(wf, {"models.student": student})
-        reader = CacheReader(path)
-        check_store(wf, run.subset, reader)
-        if Path(init.path, "config.json").is_file():  # a later stage's init is written by the stage before it
-            from student_train.losses import resolve_loss
-            from student_train.teacher_projector import vision_source
-
-            needs = resolve_loss(wf.train.loss).teacher_targets()
-            vision_source(reader.provenance, init.path, needs.vision_tokens, bool(needs.attn))
-        notes = check_store_identity(wf, run.subset, reader.provenance, path)
-        missing = check_samples_present(wf, run.subset, stage, path)
-        run.cache_matched[stage] = check_token_hashes(wf, run.subset, stage, path)
-        if missing:
-            notes.append(f"{missing} {stage} sample(s) not in the store are skipped (train.missing_sample: skip)")
-        run.notes += [n for n in notes if n not in run.notes]  # the second stage finds the same store
-        run.cache = f"{path}: {len(reader.sample_ids)} samples, provenance matches this run"
-
-
 def launch(cmd: list[str], env: dict[str, str], lock) -> int:
     """Run one stage's launcher to its end. It inherits the output directory's lock, so that a
     second run stays refused while it trains, even if this process is killed."""
@@ -192,36 +141,20 @@ def _train(workflow: str, subset: str, stages: list[str], mode: str | None, pres
            out: str | None, resume: bool, max_steps: int | None, lr: float | None, projector_lr: float | None,
            seed: int | None, num_gpus: int, num_nodes: int, hostfile: str | None, export_dtype: str | None,
            launcher_args: str, dry_run: bool) -> int:
-    """Check the run, then launch its stages one after the other under the output directory's
-    lock; the first failing launcher's exit code, or 0."""
-    from pipeline.workflow import load_workflow, with_overrides
-    from student_train.plan import plan_run, stage_init  # pyarrow: not at CLI start
+    """Resolve the run once (student_train.run), then launch its stages one after the other under
+    the output directory's lock, each rank reading its stage's run file; the first failing
+    launcher's exit code, or 0."""
+    from pipeline.workflow import load_workflow
+    from student_train.run import complete, resolve_runs  # pyarrow: not at CLI start
 
     wf = load_workflow(workflow)
-    mode = mode or wf.train.mode
-    overrides: dict[str, object] = {}
-    if preset is not None:
-        overrides["train.loss.preset"] = preset
-    elif mode == "sft":
-        overrides["train.loss.preset"] = "sft"
-    for st in stages:  # so that the plan shows them; the ranks get them as arguments
-        if lr is not None:
-            overrides[f"train.{st}.lr"] = lr
-        if projector_lr is not None:
-            overrides[f"train.{st}.projector_lr"] = projector_lr
-    wf = with_overrides(wf, overrides)
-    out_dir = Path(out or wf.train.out_dir)
     nprocs = _num_procs(num_gpus, wf.train.num_procs)
-    inits = {st: stage_init(st, stages, init, out_dir, wf) for st in stages}
-    # check every stage before the first one starts: configs, tokenizers, samples, batches, cache
-    run = plan_run(wf, subset, mode, inits, nprocs * num_nodes, out_dir, max_steps=max_steps, dry_run=dry_run)
-    for sp in run.stages:
-        _preflight(wf, run, sp.stage, sp.init, resume, out_dir, dry_run)
-    for sp in run.stages:
-        args = RunArgs(workflow=workflow, subset=subset, stage=sp.stage, init=sp.init.path, out=str(out_dir), mode=mode,
-                       preset=preset, resume=resume, max_steps=max_steps, lr=lr, projector_lr=projector_lr, seed=seed,
-                       export_dtype=export_dtype)
-        sp.command = launcher_command(args, nprocs, num_nodes, hostfile, extra=launcher_args)
+    run, stage_runs = resolve_runs(wf, subset, stages, out=out, mode=mode, preset=preset, init=init, resume=resume,
+                                   max_steps=max_steps, lr=lr, projector_lr=projector_lr, seed=seed,
+                                   export_dtype=export_dtype, world_size=nprocs * num_nodes, dry_run=dry_run)
+    out_dir = Path(stage_runs[0].out)
+    for sp, sr in zip(run.stages, stage_runs):
+        sp.command = launcher_command(sr.path, nprocs, num_nodes, hostfile, extra=launcher_args)
     if dry_run:
         typer.echo(run.describe())
         return 0
@@ -236,11 +169,12 @@ def _train(workflow: str, subset: str, stages: list[str], mode: str | None, pres
         if orphans:
             typer.echo(f"[student-train] removed {len(orphans)} orphaned /dev/shm buffer(s) of killed runs: "
                        + ", ".join(orphans), err=True)
-        for sp in run.stages:
+        for sp, sr in zip(run.stages, stage_runs):
             st, cmd = sp.stage, sp.command
             if resume and stage_state(out_dir / st) == "done":
                 typer.echo(f"[student-train] {st}: already exported to {out_dir / st / 'final'}; skipping", err=True)
                 continue
+            complete(sr).write()  # what the ranks read (an earlier stage's export: its tower compared now)
             typer.echo(f"[student-train] {st}: {nprocs} rank(s)/node, init {sp.init.path}, out {out_dir / st}", err=True)
             try:
                 rc = launch(cmd, launcher_env(nprocs), lock)

@@ -1,10 +1,10 @@
 """Per-rank entry point under the DeepSpeed launcher, and how the CLI builds that launch.
 
-    deepspeed --num_gpus N --master_port P --module student_train.launch --workflow W --subset short \
-        --stage pretrain --mode cached --out runs/toy/student --init runs/toy/world/student_init
+    deepspeed --num_gpus N --master_port P --module student_train.launch --run runs/toy/student/pretrain/student_run.json
 
-runs one stage on every rank (`StudentTrainRecipe`). Kept light at import time (no torch): the
-`alignkd` CLI imports `RunArgs` from here.
+runs one stage on every rank (`StudentTrainRecipe`) from the run the CLI resolved and wrote
+(`student_train.run.StudentRun`): the ranks read it, they do not resolve it again. Kept light at
+import time (no torch): the `alignkd` CLI imports it.
 """
 
 from __future__ import annotations
@@ -14,65 +14,20 @@ import os
 import shlex
 import socket
 import sys
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 from student_train.shm import unlink_all
 
 STAGES = ("pretrain", "finetune")
 MODES = ("cached", "online", "sft")
-_REQUIRED = ("workflow", "subset", "stage", "init", "out")
 
 
-@dataclass
-class RunArgs:
-    """One stage of one run, as every rank sees it."""
-
-    workflow: str
-    subset: str
-    stage: str
-    init: str  # the checkpoint the stage starts from (MobileVLM layout)
-    out: str  # run directory; this stage writes <out>/<stage>/...
-    mode: str | None = None  # None: train.mode
-    preset: str | None = None  # None: train.loss.preset
-    resume: bool = False
-    max_steps: int | None = None  # None: train.<stage>.max_steps (or epochs)
-    lr: float | None = None  # None: train.<stage>.lr
-    projector_lr: float | None = None  # None: train.<stage>.projector_lr
-    seed: int | None = None  # None: train.seed
-    export_dtype: str | None = None  # None: train.export_dtype
-
-    def to_argv(self) -> list[str]:
-        argv = []
-        for f in fields(self):
-            v = getattr(self, f.name)
-            flag = "--" + f.name.replace("_", "-")
-            if isinstance(v, bool):
-                argv += [flag] if v else []
-            elif v is not None:
-                argv += [flag, str(v)]
-        return argv
-
-    @classmethod
-    def parse(cls, argv: list[str] | None = None) -> "RunArgs":
-        p = argparse.ArgumentParser(prog="student_train.launch", description=__doc__)
-        p.add_argument("--local_rank", "--local-rank", type=int, default=None)  # set by the launcher; we read env
-        for f in fields(cls):
-            flag = "--" + f.name.replace("_", "-")
-            if f.type == "bool":
-                p.add_argument(flag, action="store_true")
-            else:  # annotations are strings here (postponed evaluation)
-                kind = int if f.type.startswith("int") else float if f.type.startswith("float") else str
-                p.add_argument(flag, type=kind, default=None, required=f.name in _REQUIRED)
-        ns = vars(p.parse_args(argv))
-        ns.pop("local_rank")
-        args = cls(**{k: v for k, v in ns.items() if k in {f.name for f in fields(cls)}})
-        args.resume = bool(args.resume)
-        if args.stage not in STAGES:
-            p.error(f"--stage {args.stage!r}: use one of {STAGES}")
-        if args.mode is not None and args.mode not in MODES:
-            p.error(f"--mode {args.mode!r}: use one of {MODES}")
-        return args
+def parse_args(argv: list[str] | None = None) -> Path:
+    """The run file a rank is handed (`--run`); the launcher's --local_rank is ignored (env)."""
+    p = argparse.ArgumentParser(prog="student_train.launch", description=__doc__)
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None)  # set by the launcher; we read env
+    p.add_argument("--run", required=True, help="the student_run.json `alignkd student-train` wrote for this stage")
+    return Path(p.parse_args(argv).run)
 
 
 def free_port() -> int:
@@ -82,9 +37,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launcher_command(args: RunArgs, num_procs: int, num_nodes: int = 1, hostfile: str | None = None,
+def launcher_command(run_file: Path, num_procs: int, num_nodes: int = 1, hostfile: str | None = None,
                      master_port: int | None = None, extra: str = "") -> list[str]:
-    """The `deepspeed` launcher command for one stage.
+    """The `deepspeed` launcher command for one stage, whose resolved run is `run_file`.
 
     --num_gpus N starts N local ranks; on a machine without GPUs DeepSpeed's CPU accelerator takes
     the same path (gloo, one process per "device"), so the command is the same everywhere. A
@@ -96,7 +51,7 @@ def launcher_command(args: RunArgs, num_procs: int, num_nodes: int = 1, hostfile
         cmd += ["--hostfile", hostfile, "--num_nodes", str(num_nodes)]
     cmd += ["--num_gpus", str(num_procs), "--master_port", str(master_port or free_port())]
     cmd += shlex.split(extra)
-    cmd += ["--module", "student_train.launch", *args.to_argv()]
+    cmd += ["--module", "student_train.launch", "--run", str(run_file)]
     return cmd
 
 
@@ -132,10 +87,11 @@ def launcher_env(num_procs: int) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = RunArgs.parse(argv)
+    run_file = parse_args(argv)
     from student_train.recipe import StudentTrainRecipe  # torch, deepspeed
+    from student_train.run import StudentRun
 
-    recipe = StudentTrainRecipe(args)
+    recipe = StudentTrainRecipe(StudentRun.read(run_file))
     try:
         recipe.setup()
         recipe.train()

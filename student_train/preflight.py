@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from cache_schema.index import load_index
@@ -104,3 +105,21 @@ def check_token_hashes(wf: Workflow, subset: str, stage: str, store: Path) -> in
             "template change?) after the dump: re-run `alignkd teacher-dump`, or point cache.dir at the matching store"
         )
     return j.num_rows
+
+
+def count_trained_samples(wf: Workflow, subset: str, stage: str, store: Path | None) -> int:
+    """The samples of one epoch of the stage, across ranks: the manifest rows `StageRows` keeps
+    (stage, subset, train.<stage>.datasets) less, with a store, those it does not hold (what the
+    loader drops under train.missing_sample "skip"). From the id columns alone, once per launch:
+    the ranks no longer build a loader to count them."""
+    col = subset_column(subset)
+    m = read_manifest(wf.data.manifest, ["sample_id", "dataset", "stage", col])
+    keep = pc.and_(pc.equal(m["stage"], stage), m[col])
+    wanted = getattr(wf.train, stage).datasets
+    if wanted:
+        keep = pc.and_(keep, pc.is_in(m["dataset"], value_set=pa.array(wanted)))
+    ids = m.filter(keep)["sample_id"]
+    if store is None:
+        return len(ids)
+    have = load_index(store).samples["sample_id"].combine_chunks().cast(ids.type)
+    return int(pc.sum(pc.is_in(ids, value_set=have)).as_py() or 0)

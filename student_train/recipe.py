@@ -1,6 +1,7 @@
 """Phase 2 recipe: one training stage of the student on DeepSpeed ZeRO-2 (torchtune style:
 `setup` → `train` → `cleanup`, built from `_setup_*` and `_loss_step` helpers). Runs on every
-rank under the `deepspeed` launcher (see launch.py); `alignkd student-train` starts it.
+rank under the `deepspeed` launcher (see launch.py), on the `StudentRun` that `alignkd student-train`
+resolved once (student_train/run.py: workflow with its overrides, init, the store's check).
 
     trained module = TrainModule(student MobileVLM, AlignKDLoss(adapters))
       ├─ student's CLIP vision tower  frozen (requires_grad False, eval mode), in no param group
@@ -8,7 +9,7 @@ rank under the `deepspeed` launcher (see launch.py); `alignkd student-train` sta
       ├─ student (LLM, lm_head)       group "llm",       lr = train.<stage>.lr
       └─ criterion.adapters           group "adapters",  lr = train.<stage>.lr (trained; not exported)
 
-Outputs, in `<out>/<stage>/`: `checkpoints/step<N>/` (DeepSpeed, every `save_every` steps and at
+Outputs, in `<out>/<stage>/` (beside the CLI's `student_run.json`): `checkpoints/step<N>/` (DeepSpeed, every `save_every` steps and at
 the end), `metrics.jsonl` (one row per optimiser step), `run.json` (what ran), `final/` (the
 exported student + tokenizer); `<out>/` itself then also holds the last exported stage, so a run
 directory is a loadable checkpoint (e.g. `--out runs/toy/teacher` for the toy teacher).
@@ -32,10 +33,9 @@ from torch import nn
 
 from pipeline.constants import IMAGE_TOKEN_INDEX
 from pipeline.models import CaptureSpec, MobileVLM
-from pipeline.workflow import load_workflow, with_overrides
 from student_train import checkpoint as ckpt
 from student_train.adapters import Adapters
-from student_train.data import StudentBatch, build_train_loader, check_store, micro_steps_per_epoch
+from student_train.data import StudentBatch, build_train_loader, micro_steps_per_epoch
 from student_train.engine import (
     batch_plan,
     build_optimizer,
@@ -46,11 +46,10 @@ from student_train.engine import (
     vision_tower_of,
 )
 from student_train.export import export_student, publish
-from student_train.launch import RunArgs
 from student_train.losses import AlignKDLoss, NonFiniteLossError, TeacherBatch, resolve_loss
 from student_train.metrics import MetricsWriter, StepMeter
-from student_train.preflight import check_token_hashes
-from student_train.teacher_projector import TeacherFirstLayer, TeacherTokens, build_teacher_recompute, vision_source
+from student_train.run import StudentRun
+from student_train.teacher_projector import TeacherFirstLayer, TeacherTokens, build_teacher_recompute
 
 ADAPTERS_FILE = "adapters.pt"  # <out>/<stage>/adapters.pt: the trained adapters, carried to the next stage
 EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -112,34 +111,23 @@ class TrainModule(nn.Module):
 
 
 class StudentTrainRecipe:
-    def __init__(self, args: RunArgs) -> None:
-        self.args = args
-        wf = load_workflow(args.workflow)
-        mode = args.mode or wf.train.mode
-        over: dict[str, object] = {"train.mode": mode,
-                                   "models.student": args.init}  # the data side reads the student's config (image size, vocab)
-        if args.seed is not None:
-            over["train.seed"] = args.seed
-        if args.preset is not None:
-            over["train.loss.preset"] = args.preset
-        elif mode == "sft":
-            over["train.loss.preset"] = "sft"  # no teacher: supervised loss only
-        for key in ("max_steps", "lr", "projector_lr"):
-            if getattr(args, key) is not None:
-                over[f"train.{args.stage}.{key}"] = getattr(args, key)
-        wf = self.wf = with_overrides(wf, over)
+    def __init__(self, run: StudentRun) -> None:
+        """`run`: the stage as the launching process resolved it (student_train.run), read from
+        its run file; nothing of it is worked out again here."""
+        self.run = run
+        wf = self.wf = run.wf
         t = wf.train
-        self.stage_cfg = getattr(t, args.stage)
+        self.stage_cfg = getattr(t, run.stage)
         self.resolved = resolve_loss(t.loss)
         needs = self.resolved.teacher_targets()
         if t.mode == "sft" and (needs.attn or needs.focus or needs.vision_tokens or needs.logits):
             raise ValueError(f"--mode sft trains without a teacher, but loss preset {t.loss.preset!r} needs "
                              f"teacher targets ({needs}); use --preset sft or --mode cached/online")
-        name = args.export_dtype or t.export_dtype
+        name = t.export_dtype  # --export-dtype applied by the launching process
         if name != "auto" and name not in EXPORT_DTYPES:
             raise ValueError(f"export dtype {name!r}: use auto, {', '.join(EXPORT_DTYPES)} (--export-dtype / train.export_dtype)")
         self.export_dtype = EXPORT_DTYPES.get(t.precision, torch.float32) if name == "auto" else EXPORT_DTYPES[name]
-        self.stage_dir = Path(args.out) / args.stage
+        self.stage_dir = Path(run.out) / run.stage
         self.ckpt_dir = self.stage_dir / "checkpoints"
         self.final_dir = self.stage_dir / "final"
         self.done = False
@@ -151,11 +139,11 @@ class StudentTrainRecipe:
     def setup(self) -> None:
         self._setup_distributed()
         state = ckpt.stage_state(self.stage_dir)
-        if state == "done" and self.args.resume:
+        if state == "done" and self.run.resume:
             self.done = True  # nothing to do; `alignkd student-train --resume` moves on
-            self._log(f"{self.args.stage}: already exported to {self.final_dir}; skipping")
+            self._log(f"{self.run.stage}: already exported to {self.final_dir}; skipping")
             return
-        if state != "empty" and not self.args.resume:
+        if state != "empty" and not self.run.resume:
             raise ckpt.ResumeError(f"{self.stage_dir} already holds a {state} run: pass --resume to continue it, "
                                    "or remove the directory / choose another --out")
         teacher_heads, teacher_hidden = self._setup_teacher()
@@ -167,13 +155,13 @@ class StudentTrainRecipe:
             ckpt.seed_everything(self.wf.train.seed * 1000 + 7919 * self.rank)
         self.loader = self._setup_data(self.micro_step, self.total_steps * self.plan.grad_accum)
         self.writer = MetricsWriter(self.stage_dir / "metrics.jsonl", self.total_steps, self.step,
-                                    enabled=self.rank == 0, desc=f"{self.args.stage} ({self.wf.train.mode})")
+                                    enabled=self.rank == 0, desc=f"{self.run.stage} ({self.wf.train.mode})")
         self._write_run_info()
 
     def _setup_schedule(self) -> None:
         """Batch plan and optimiser steps: max_steps if set, else epochs over this stage's samples."""
-        self.num_samples = self._count_samples()
-        self.plan = batch_plan(self.stage_cfg, self.world_size, f"train.{self.args.stage}")
+        self.num_samples = self.run.num_samples  # counted once by the launching process
+        self.plan = batch_plan(self.stage_cfg, self.world_size, f"train.{self.run.stage}")
         self.micro_per_epoch = micro_steps_per_epoch(self.num_samples, self.world_size, self.plan.micro_batch)
         if self.stage_cfg.max_steps > 0:
             self.total_steps = self.stage_cfg.max_steps
@@ -197,17 +185,18 @@ class StudentTrainRecipe:
         if mode == "cached":
             from cache_schema.reader import CacheReader
 
-            path = wf.cache_path(self.args.subset)
+            store = self.run.store
+            if store is None:
+                raise ValueError(f"{self.run.path}: a cached run without its store check; re-run `alignkd student-train`")
+            path = Path(store.path)
             if not path.exists():
                 raise FileNotFoundError(f"cache {path} not found: run `alignkd teacher-dump --workflow {wf.source} "
-                                        f"--subset {self.args.subset}`, or train with --mode online / sft")
+                                        f"--subset {self.run.subset}`, or train with --mode online / sft")
+            # checked by the launching process (provenance, teacher, token ids, this student's tower):
+            # the ranks read the store's data only
             self.reader = CacheReader(path)
-            info = check_store(wf, self.args.subset, self.reader)
-            check_token_hashes(wf, self.args.subset, self.args.stage, path)
-            # before any model is built: a recompute store needs this student's tower to be the teacher's
-            needs = self.resolved.teacher_targets()
-            self.vision_source = vision_source(self.reader.provenance, self.args.init, needs.vision_tokens, bool(needs.attn))
-            return info.teacher_heads, info.teacher_hidden
+            self.vision_source = store.vision_source
+            return store.teacher_heads, store.teacher_hidden
         if mode == "online":
             from student_train.online import OnlineTeacher
 
@@ -216,14 +205,9 @@ class StudentTrainRecipe:
             return self.online.heads, self.online.hidden_size
         return None, None
 
-    def _count_samples(self) -> int:
-        _, n = build_train_loader(self.wf, self.args.subset, self.args.stage, self.wf.train.mode, self.rank,
-                                  self.world_size, self.stage_cfg.micro_batch, self.wf.train.seed, reader=self.reader)
-        return n
-
     def _setup_model(self, teacher_heads: int | None, teacher_hidden: int | None) -> TrainModule:
         ckpt.seed_everything(self.wf.train.seed)  # same adapter init on every rank (DeepSpeed broadcasts anyway)
-        student = MobileVLM.from_pretrained(self.args.init, dtype=torch.float32)  # DeepSpeed casts for fp16/bf16
+        student = MobileVLM.from_pretrained(self.run.init, dtype=torch.float32)  # DeepSpeed casts for fp16/bf16
         vision_tower_of(student).requires_grad_(False)
         if self.wf.train.gradient_checkpointing:
             student.gradient_checkpointing_enable()  # our wrapper: the non-deprecated name where it exists
@@ -241,14 +225,14 @@ class StudentTrainRecipe:
         `_export` beside the stage's `final/`), so fine-tuning continues the alignment pre-training
         learnt instead of restarting it from the initialisation (L_attn jumped 0.097 → 0.118 at the
         stage boundary when it did). Only adapters of the same name and shape are carried."""
-        src = Path(self.args.init).parent / ADAPTERS_FILE
+        src = Path(self.run.init).parent / ADAPTERS_FILE
         if not src.is_file() or not len(list(adapters.parameters())):
             return
         saved = torch.load(src, map_location="cpu", weights_only=True)
         own = adapters.state_dict()
         carried = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
         adapters.load_state_dict(carried, strict=False)
-        self._log(f"{self.args.stage}: adapters carried from {src} ({len(carried)}/{len(own)} tensors)")
+        self._log(f"{self.run.stage}: adapters carried from {src} ({len(carried)}/{len(own)} tensors)")
 
     def _setup_engine(self, module: TrainModule):
         self.ds_config = fill_ds_config(self.wf.train.deepspeed_config, self.plan, self.wf.train.precision)
@@ -265,27 +249,29 @@ class StudentTrainRecipe:
         p = self.plan
         return {"step": step, "micro_step": self.micro_step, "seed": self.wf.train.seed, "world_size": p.world_size,
                 "micro_batch": p.micro_batch, "grad_accum": p.grad_accum, "total_steps": self.total_steps,
-                "subset": self.args.subset, "stage": self.args.stage, "mode": self.wf.train.mode,
+                "subset": self.run.subset, "stage": self.run.stage, "mode": self.wf.train.mode,
                 "preset": self.resolved.preset}
 
     def _maybe_resume(self, state: str) -> tuple[int, int]:
-        if not (self.args.resume and state == "partial"):
+        if not (self.run.resume and state == "partial"):
             return 0, 0
         expect = {k: v for k, v in self._client_state(0).items() if k not in ("step", "micro_step")}
         client = ckpt.load(self.engine, self.ckpt_dir, expect)
-        self._log(f"{self.args.stage}: resumed at step {client['step']} from {self.ckpt_dir}")
+        self._log(f"{self.run.stage}: resumed at step {client['step']} from {self.ckpt_dir}")
         return client["step"], client["micro_step"]
 
     def _setup_data(self, start: int, end: int):
-        loader, _ = build_train_loader(self.wf, self.args.subset, self.args.stage, self.wf.train.mode, self.rank,
+        loader, _ = build_train_loader(self.wf, self.run.subset, self.run.stage, self.wf.train.mode, self.rank,
                                        self.world_size, self.plan.micro_batch, self.wf.train.seed,
-                                       start_step=start, end_step=end, reader=self.reader)
+                                       start_step=start, end_step=end, reader=self.reader, store_checked=True)
         return loader
 
     def _write_run_info(self) -> None:
         if self.rank != 0:
             return
-        info = {"args": dataclasses.asdict(self.args), "workflow": self.wf.source, "mode": self.wf.train.mode,
+        r = self.run
+        info = {"args": {"subset": r.subset, "stage": r.stage, "init": r.init, "out": r.out, "resume": r.resume},
+                "run_file": str(r.path), "workflow": self.wf.source, "mode": self.wf.train.mode,
                 "loss": dataclasses.asdict(self.resolved), "plan": dataclasses.asdict(self.plan),
                 "num_samples": self.num_samples, "micro_steps_per_epoch": self.micro_per_epoch,
                 "total_steps": self.total_steps, "param_groups": self.group_names, "deepspeed_config": self.ds_config,
@@ -329,8 +315,8 @@ class StudentTrainRecipe:
         bad = [b for b in bad if b is not None]
         detail = "; ".join(f"rank {b['rank']}: term {b['term']!r} = {b['value']} on samples {b['samples']}" for b in bad)
         raise NonFiniteTrainingError(
-            f"non-finite loss at optimiser step {self.step + 1} (micro-step {self.micro_step}) of {self.args.stage}: "
-            f"{detail}. Inspect them with `alignkd cache show`, or lower train.{self.args.stage}.lr"
+            f"non-finite loss at optimiser step {self.step + 1} (micro-step {self.micro_step}) of {self.run.stage}: "
+            f"{detail}. Inspect them with `alignkd cache show`, or lower train.{self.run.stage}.lr"
         )
 
     def train(self) -> None:
@@ -389,15 +375,15 @@ class StudentTrainRecipe:
         if self.rank == 0:
             dtype = self.export_dtype
             t0 = time.perf_counter()
-            export_student(self.ckpt_dir, ckpt.tag_for(self.step), Path(self.args.init), self.final_dir, dtype,
+            export_student(self.ckpt_dir, ckpt.tag_for(self.step), Path(self.run.init), self.final_dir, dtype,
                            Path(self.wf.data.tokenizer))
-            publish(self.final_dir, Path(self.args.out))
+            publish(self.final_dir, Path(self.run.out))
             adapters = self.engine.module.criterion.adapters
             if len(list(adapters.parameters())):  # for the next stage (_carry_adapters); never exported
                 tmp = self.stage_dir / f".{ADAPTERS_FILE}.tmp"
                 torch.save({k: v.detach().float().cpu() for k, v in adapters.state_dict().items()}, tmp)
                 os.replace(tmp, self.stage_dir / ADAPTERS_FILE)
-            self._log(f"{self.args.stage}: exported {self.final_dir} ({dtype}, {time.perf_counter() - t0:.1f} s)")
+            self._log(f"{self.run.stage}: exported {self.final_dir} ({dtype}, {time.perf_counter() - t0:.1f} s)")
         dist.barrier()
 
     # ----------------------------------------------------------------------------- cleanup

@@ -84,6 +84,7 @@ def build_train_loader(
     start_step: int = 0,
     end_step: int | None = None,
     reader: CacheReader | None = None,
+    store_checked: bool = False,
 ) -> tuple[DataLoader, int]:
     """(DataLoader of StudentBatch for this rank, samples per epoch across all ranks).
 
@@ -92,6 +93,7 @@ def build_train_loader(
     `batch.teacher` is None. The loader yields global micro-steps [start_step, end_step)
     (end_step None: to the end of start_step's epoch); `loader.batch_sampler` is the
     ShardedBatchSampler, `loader.dataset.num_missing` the samples skipped as absent.
+    store_checked: the launching process checked the store already (a resolved student run).
     """
     if mode not in MODES:
         raise ValueError(f"unknown train mode {mode!r}; use one of {MODES}")
@@ -100,7 +102,8 @@ def build_train_loader(
     needs, num_missing = None, 0
     if mode == "cached":
         reader = reader or CacheReader(wf.cache_path(subset))
-        check_store(wf, subset, reader)
+        if not store_checked:
+            check_store(wf, subset, reader)
         needs = stored_needs(resolve_loss(wf.train.loss).teacher_targets(), reader.provenance)
         num_missing = _drop_missing(wf, rows, reader)
     else:

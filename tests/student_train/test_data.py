@@ -11,6 +11,7 @@ from pipeline.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from pipeline.positions import sample_index
 from pipeline.workflow import with_overrides
 from student_train.data import StudentBatch, build_train_loader, check_store
+from student_train.preflight import count_trained_samples
 
 SUBSET, STAGE = "short", "finetune"
 
@@ -126,6 +127,7 @@ def test_dataset_filter_of_the_stage(tiny_world):
     loader, n = build_train_loader(wf, SUBSET, STAGE, "sft", 0, 1, 4, seed=0)
     ids = [s for b in loader for s in b.sample_ids]
     assert n == 2 and sorted(ids) == ["toy_text/txt0", "toy_text/txt1"]
+    assert count_trained_samples(wf, SUBSET, STAGE, None) == n  # the launching process's count
     b = next(iter(loader))
     assert b.images is None  # no row of the batch has an image
     assert np.all(b.input_ids.numpy() != IMAGE_TOKEN_INDEX)

@@ -13,6 +13,7 @@ from student_train.data import (
     build_train_loader,
     check_store,
 )
+from student_train.preflight import count_trained_samples
 
 SUBSET, STAGE = "short", "finetune"
 VICTIM = "toy_qa/ft-00002"
@@ -61,3 +62,4 @@ def test_missing_sample_is_an_error_naming_it(tiny_world, tmp_path):
     loader, n = build_train_loader(wf, SUBSET, STAGE, "cached", 0, 1, 4, seed=0)
     ids = [s for b in loader for s in b.sample_ids]
     assert n == total - 1 and loader.dataset.num_missing == 1 and VICTIM not in ids and len(ids) == n
+    assert count_trained_samples(wf, SUBSET, STAGE, wf.cache_path(SUBSET)) == n  # the launching process's count

@@ -10,9 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from student_train.launch import RunArgs
-
-from .test_recipe import one_rank, write_workflow  # noqa: F401  (fixture re-export)
+from .test_recipe import one_rank, stage_run, write_workflow  # noqa: F401  (fixture re-export)
 
 
 def _dtypes(path: Path) -> set[torch.dtype]:
@@ -33,8 +31,7 @@ def bf16_run(tiny_world, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bf16")
     wf = tiny_world.workflow()
     path = write_workflow(wf, tmp / "wf.yaml", precision="bf16", export_dtype="fp32", gradient_checkpointing=True)
-    r = StudentTrainRecipe(RunArgs(workflow=str(path), subset="short", stage="finetune", mode="sft",
-                                   init=wf.models.student, out=str(tmp / "run"), max_steps=1))
+    r = StudentTrainRecipe(stage_run(path, tmp / "run", mode="sft", init=wf.models.student, max_steps=1))
     try:
         r.setup()
         r.train()

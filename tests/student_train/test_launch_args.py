@@ -1,19 +1,60 @@
-"""The arguments `alignkd student-train` hands every rank survive the trip through argv."""
+"""What `alignkd student-train` hands every rank: one resolved run file, read back equal."""
 
-from student_train.launch import RunArgs
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.workflow import load_workflow, with_overrides
+from student_train.launch import launcher_command, parse_args
+from student_train.run import PENDING, RunFileError, StoreCheck, StudentRun
+
+REPO = Path(__file__).resolve().parents[2]
 
 
-def test_run_args_round_trip_through_argv_keeps_types():
-    a = RunArgs(workflow="w.yaml", subset="long", stage="pretrain", init="ckpt", out="o", mode="sft",
-                resume=True, max_steps=7, lr=5e-4, projector_lr=2.5e-3, seed=3)
-    b = RunArgs.parse(a.to_argv())
-    assert b == a
-    assert isinstance(b.lr, float) and isinstance(b.max_steps, int)
+def _run(tmp_path, **kw) -> StudentRun:
+    wf = with_overrides(load_workflow(REPO / "workflows/toy.yaml"),
+                        {"train.finetune.lr": 5e-4, "train.finetune.max_steps": 7, "train.loss.preset": "rkl",
+                         "models.student": "ckpt"})
+    store = StoreCheck(path="c/short.zarr", teacher_heads=8, teacher_hidden=256, vision_source="recompute",
+                       token_ids_compared=12, missing=1)
+    return StudentRun(**{**dict(wf=wf, subset="long", stage="finetune", init="ckpt", out=str(tmp_path / "o"),
+                                resume=True, num_samples=11, store=store), **kw})
 
 
-def test_unset_overrides_stay_unset():
-    b = RunArgs.parse(RunArgs(workflow="w", subset="short", stage="finetune", init="i", out="o").to_argv())
-    assert b.lr is None and b.projector_lr is None and b.max_steps is None and b.resume is False
+def test_a_resolved_run_round_trips_through_its_json_file(tmp_path):
+    run = _run(tmp_path)
+    path = run.write()
+    assert path == tmp_path / "o" / "finetune" / "student_run.json" and not list(path.parent.glob(".*tmp"))
+    back = StudentRun.read(path)
+    assert back == run and back.wf.train.finetune.lr == 5e-4 and isinstance(back.wf.train.finetune.max_steps, int)
+    assert back.store.vision_source == "recompute" and back.num_samples == 11
+    no_store = _run(tmp_path, store=None, resume=False)
+    assert StudentRun.from_json(no_store.to_json(), "x") == no_store
+
+
+def test_the_launch_hands_the_ranks_the_run_file(tmp_path):
+    path = _run(tmp_path).path
+    cmd = launcher_command(path, 2, master_port=29611)
+    assert cmd[cmd.index("--module"):] == ["--module", "student_train.launch", "--run", str(path)]
+    assert parse_args([*cmd[cmd.index("--run"):], "--local_rank=1"]) == path
+
+
+def test_a_rank_refuses_a_run_file_it_cannot_trust(tmp_path):
+    run = _run(tmp_path)
+    pending = dataclasses.replace(run, store=dataclasses.replace(run.store, vision_source=PENDING)).write()
+    with pytest.raises(RunFileError, match="tower was never compared"):
+        StudentRun.read(pending)
+    d = json.loads(run.to_json())
+    for bad, needle in (({**d, "version": 0}, "not a student run file of version 1"),
+                        ({k: v for k, v in d.items() if k != "subset"}, "not a student run file")):
+        pending.write_text(json.dumps(bad))
+        with pytest.raises(RunFileError, match=needle) as err:
+            StudentRun.read(pending)
+        assert str(pending) in str(err.value)
+    with pytest.raises(RunFileError, match="cannot read"):
+        StudentRun.read(tmp_path / "absent.json")
 
 
 def test_release_shm_buffers_removes_only_this_launchs_buffers(tmp_path):
@@ -21,9 +62,9 @@ def test_release_shm_buffers_removes_only_this_launchs_buffers(tmp_path):
     removes those of its own master port (and no one else's)."""
     import os
 
-    from student_train.launch import RunArgs, launcher_command, release_shm_buffers
+    from student_train.launch import release_shm_buffers
 
-    cmd = launcher_command(RunArgs(workflow="w.yaml", subset="short", stage="finetune", init="i", out="o"), 2, master_port=29611)
+    cmd = launcher_command(Path("o/finetune/student_run.json"), 2, master_port=29611)
     uid = os.getuid()
     mine = [f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_29611_{r}" for r in (0, 1)]
     others = [f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_29612_0",  # another launch, still running

@@ -28,8 +28,9 @@ from student_train.engine import (
     vision_tower_of,
     warmup_steps,
 )
-from student_train.launch import RunArgs, free_port
+from student_train.launch import free_port
 from student_train.metrics import read_metrics
+from student_train.run import StudentRun
 
 REPO = Path(__file__).resolve().parents[2]
 ZERO2 = REPO / "workflows" / "zero2.json"
@@ -65,6 +66,30 @@ def one_rank(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def stage_run(path: Path, out: Path, stage: str = "finetune", **overrides):
+    """The one stage's run as `alignkd student-train` resolves it (and completes it before launch)."""
+    from student_train.run import complete, resolve_runs
+
+    _, runs = resolve_runs(load_workflow(path), "short", [stage], out=str(out), **overrides)
+    return complete(runs[0])
+
+
+def count_calls(monkeypatch) -> dict[str, int]:
+    """Calls of the store checks and the tower hash from now on (the real functions run: counted,
+    not replaced), wherever they are reached: the launching process's resolution or a rank."""
+    import student_train.data as data
+    import student_train.preflight as preflight
+    import student_train.teacher_projector as tp
+
+    calls = {"check_store": 0, "check_token_hashes": 0, "tower_fingerprint": 0}
+    for mod, name in ((data, "check_store"), (preflight, "check_token_hashes"), (tp, "tower_fingerprint")):
+        def counted(*a, _f=getattr(mod, name), _n=name, **k):
+            calls[_n] += 1
+            return _f(*a, **k)
+        monkeypatch.setattr(mod, name, counted)
+    return calls
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -165,7 +190,7 @@ def test_replayed_gradients_arrive_in_an_order_independent_of_the_graph():
 
 # ------------------------------------------------------------------- real engine, one rank
 @pytest.mark.parametrize("tokens", ["stored", "recompute"])
-def test_one_rank_cached_run_trains_logs_and_exports(tiny_world, tiny_store, tmp_path, one_rank, tokens):
+def test_one_rank_cached_run_trains_logs_and_exports(tiny_world, tiny_store, tmp_path, one_rank, tokens, monkeypatch):
     """Also from a cache v2 recompute store: the teacher's projector tokens and first-layer attention
     rebuilt inside the DeepSpeed-wrapped module from the student's tower, the teacher weights never
     trained, checkpointed or exported."""
@@ -180,8 +205,11 @@ def test_one_rank_cached_run_trains_logs_and_exports(tiny_world, tiny_store, tmp
         tiny_world.write_store(wf, projector_tokens="recompute", attention="recompute")
     path = write_workflow(wf, tmp_path / "wf.yaml", save_every=1, keep_checkpoints=1)
     out = tmp_path / "run"
-    r = StudentTrainRecipe(RunArgs(workflow=str(path), subset="short", stage="finetune", init=wf.models.student,
-                                   out=str(out), max_steps=2))
+    calls = count_calls(monkeypatch)
+    run = stage_run(path, out, init=wf.models.student, max_steps=2)
+    resolved = dict(calls)  # the store checked once, in the launching process
+    assert resolved == {"check_store": 1, "check_token_hashes": 1, "tower_fingerprint": int(tokens == "recompute")}
+    r = StudentTrainRecipe(StudentRun.read(run.write()))  # what every rank does
     r.setup()
     try:
         assert r.plan.grad_accum == 2 and r.total_steps == 2
@@ -198,6 +226,7 @@ def test_one_rank_cached_run_trains_logs_and_exports(tiny_world, tiny_store, tmp
         final_student = {k: v.detach().clone() for k, v in mod.student.state_dict().items()}
     finally:
         r.cleanup()
+    assert calls == resolved  # the rank checked nothing again: no provenance, token ids or tower hash
     for part in ("adapters", "projector", "llm"):  # adapters are in the optimiser: they train
         assert all(not torch.equal(before[part][n], after[part][n]) for n in before[part]), part
     assert all(torch.equal(before["tower"][n], after["tower"][n]) for n in before["tower"])
@@ -241,8 +270,7 @@ def test_nonfinite_loss_stops_naming_the_samples(tiny_world, tmp_path, one_rank)
         bad.lm_head.weight[0, 0] = float("nan")
     bad.save_pretrained(tmp_path / "nan_init")
     path = write_workflow(wf, tmp_path / "wf.yaml")
-    r = StudentTrainRecipe(RunArgs(workflow=str(path), subset="short", stage="finetune", mode="sft",
-                                   init=str(tmp_path / "nan_init"), out=str(tmp_path / "run"), max_steps=1))
+    r = StudentTrainRecipe(stage_run(path, tmp_path / "run", mode="sft", init=str(tmp_path / "nan_init"), max_steps=1))
     try:
         r.setup()
         with pytest.raises(NonFiniteTrainingError, match=r"term 'sup'.*samples \[") as e:
@@ -257,9 +285,12 @@ def test_sft_mode_refuses_a_teacher_preset(tiny_world, tmp_path):
     from student_train.recipe import StudentTrainRecipe
 
     path = write_workflow(tiny_world.workflow(), tmp_path / "wf.yaml")
-    with pytest.raises(ValueError, match="--mode sft trains without a teacher"):
-        StudentTrainRecipe(RunArgs(workflow=str(path), subset="short", stage="finetune", mode="sft", preset="alignkd",
-                                   init="x", out=str(tmp_path / "o")))
+    with pytest.raises(ValueError, match="--mode sft trains without a teacher"):  # resolved: refused before launch
+        stage_run(path, tmp_path / "o", mode="sft", preset="alignkd")
+    run = stage_run(path, tmp_path / "o", mode="sft")
+    bad = dataclasses.replace(run, wf=with_overrides(run.wf, {"train.loss.preset": "alignkd"}))
+    with pytest.raises(ValueError, match="--mode sft trains without a teacher"):  # and by a rank, from a run file
+        StudentTrainRecipe(bad)
 
 
 # ------------------------------------------------------------------------------------- CLI
@@ -278,7 +309,9 @@ def test_cli_dry_run_prints_the_launch(tiny_world, tiny_store, tmp_path):
     res = _cli(["--workflow", str(path), "--stage", "all", "--num-procs", "2", "--out", str(tmp_path / "o"), "--dry-run"])
     assert res.exit_code == 0, res.output
     assert res.output.count("--module student_train.launch") == 2 and "--num_gpus 2" in res.output
-    assert f"--init {tmp_path / 'o' / 'pretrain' / 'final'}" in res.output  # fine-tuning starts from pre-training
+    assert f"init      {tmp_path / 'o' / 'pretrain' / 'final'} (pre-training's export" in res.output  # fine-tuning
+    for st in ("pretrain", "finetune"):  # starts from pre-training; each launch hands the ranks its run file
+        assert f"--module student_train.launch --run {tmp_path / 'o' / st / 'student_run.json'}" in res.output
     assert '"gradient_accumulation_steps": 1' in res.output
     assert not (tmp_path / "o").exists()
 
@@ -299,6 +332,29 @@ def test_cli_refuses_a_store_dumped_from_other_tokens(tiny_world, tmp_path):
     path = write_workflow(wf, tmp_path / "wf.yaml")
     res = _cli(["--workflow", str(path), "--stage", "finetune", "--out", str(tmp_path / "o"), "--dry-run"])
     assert res.exit_code == 1 and "other token ids" in res.output and sid in res.output
+
+
+def test_a_stage_after_another_has_its_tower_compared_once_before_its_launch(tiny_world, tmp_path, monkeypatch):
+    """--stage all on a recompute store: fine-tuning starts from pre-training's export, which does
+    not exist when the command is resolved; its tower is hashed once, by `complete`, just before
+    its launch (never on the ranks)."""
+    from student_train.run import PENDING, complete, resolve_runs
+
+    wf = with_overrides(tiny_world.workflow(), {"cache.dir": str(tmp_path / "cache")})
+    tiny_world.write_store(wf, projector_tokens="recompute", attention="recompute")
+    out = tmp_path / "o"
+    calls = count_calls(monkeypatch)
+    _, (pre, fine) = resolve_runs(load_workflow(write_workflow(wf, tmp_path / "wf.yaml")), "short",
+                                  ["pretrain", "finetune"], out=str(out))
+    assert (pre.init, fine.init) == (wf.models.student, str(out / "pretrain" / "final"))
+    assert pre.store.vision_source == "recompute" and fine.store.vision_source == PENDING
+    assert fine.wf.models.student == fine.init
+    for r in (pre, fine):  # counted from the id columns as the loader counts its rows
+        assert r.num_samples == sum(row["stage"] == r.stage for row in tiny_world.manifest_rows()) > 0
+    assert calls == {"check_store": 1, "check_token_hashes": 2, "tower_fingerprint": 1}  # provenance once
+    shutil.copytree(wf.models.student, out / "pretrain" / "final")  # pre-training's export (its tower is the init's)
+    assert complete(fine).store.vision_source == "recompute" and calls["tower_fingerprint"] == 2
+    assert complete(pre) is pre and calls["tower_fingerprint"] == 2  # nothing left to resolve
 
 
 # ----------------------------------------------------------- two ranks through the launcher
@@ -328,6 +384,9 @@ def test_two_rank_zero2_launch_and_bit_exact_resume(tiny_world, tiny_store, tmp_
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-6000:]
     assert buffers() <= before  # the launch removed the shared-memory buffers its ranks left
     run = json.loads((full / "finetune" / "run.json").read_text())
+    resolved = StudentRun.read(full / "finetune" / "student_run.json")  # what both ranks read
+    assert run["run_file"] == str(resolved.path) and run["num_samples"] == resolved.num_samples
+    assert resolved.wf.train.finetune.max_steps == 4 and run["total_steps"] == 4 and not resolved.resume
     assert run["plan"] == {"global_batch": 4, "micro_batch": 1, "world_size": 2, "grad_accum": 2}
     ck = full / "finetune" / "checkpoints" / "step4"
     assert sorted(f.name for f in ck.glob("*optim_states.pt")) == [
@@ -347,6 +406,7 @@ def test_two_rank_zero2_launch_and_bit_exact_resume(tiny_world, tiny_store, tmp_
     mpath.write_text("".join(json.dumps({**r, "interrupted_run": True}) + "\n" for r in ref[:2]))
     p = _alignkd(*common, "--out", str(cut), "--resume")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-6000:]
+    assert StudentRun.read(cut / "finetune" / "student_run.json").resume  # resolved again for this launch
     got = read_metrics(mpath)
     assert [r.get("interrupted_run", False) for r in got] == [True, True, False, False], "resume restarted from step 0"
     keys = ("step", "loss", "sup", "rkl", "attn", "focus", "all_tokens", "grad_norm", "lr/llm", "lr/projector")
