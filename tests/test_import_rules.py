@@ -131,3 +131,40 @@ def test_the_core_rule_catches_an_unused_module(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     assert _unused_core(tmp_path, ("pipeline", "teacher_dump", "student_train"), CORE_USERS) == ["pipeline.orphan"]
+
+
+def _module_graph(package: str) -> dict[str, set[str]]:
+    """{module: modules of `package` it imports} (function-local imports included; `from a import
+    b` names the module a.b when there is one)."""
+    mods = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in (REPO / package).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for mod, path in mods.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                deps |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods else node.module
+                         for a in node.names}
+        graph[mod] = {d for d in deps if d in mods and d != mod}
+    return graph
+
+
+def test_no_import_cycle_inside_student_train():
+    """A run is resolved by the CLI (student_train.run) and read by the ranks (launch → recipe):
+    no module of phase 2 imports one that imports it back (launch ⇄ recipe was such a cycle)."""
+    graph = _module_graph("student_train")
+    assert "student_train.launch" in graph["student_train.cli"]  # the walk sees the imports
+    cycles = []
+
+    def visit(mod: str, path: list[str]) -> None:
+        for dep in sorted(graph[mod]):
+            if dep in path:
+                cycles.append(" -> ".join(path[path.index(dep):] + [dep]))
+            elif len(path) < len(graph):
+                visit(dep, path + [dep])
+
+    for mod in sorted(graph):
+        visit(mod, [mod])
+    assert not cycles, "import cycles:\n" + "\n".join(sorted(set(cycles)))
