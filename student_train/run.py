@@ -23,8 +23,12 @@ import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.workflow import Workflow, with_overrides, workflow_from_dict, workflow_to_dict
+
+if TYPE_CHECKING:
+    from student_train.plan import RunPlan, StageInit  # pyarrow: imported where used
 
 RUN_FILE = "student_run.json"  # <out>/<stage>/student_run.json
 RUN_VERSION = 1
@@ -128,7 +132,7 @@ def resolve_runs(wf: Workflow, subset: str, stages: list[str], *, out: str | Non
                  preset: str | None = None, init: str | None = None, resume: bool = False,
                  max_steps: int | None = None, lr: float | None = None, projector_lr: float | None = None,
                  seed: int | None = None, export_dtype: str | None = None, world_size: int = 1,
-                 dry_run: bool = False):
+                 dry_run: bool = False) -> tuple[RunPlan, list[StudentRun]]:
     """(RunPlan, [StudentRun per stage]) of one command on the loaded workflow `wf`: PlanError /
     StoreMismatchError / MissingSampleError / WorkflowError on what refuses it, before anything
     is written."""
@@ -163,7 +167,7 @@ def resolve_runs(wf: Workflow, subset: str, stages: list[str], *, out: str | Non
     return plan, runs
 
 
-def _check_stage(wf: Workflow, run, stage: str, init, resume: bool, out: Path, dry_run: bool,
+def _check_stage(wf: Workflow, plan: RunPlan, stage: str, init: StageInit, resume: bool, out: Path, dry_run: bool,
                  checked: dict) -> tuple[StoreCheck | None, int | None]:
     """What the plan cannot refuse: the stage's output directory (and, resumed, its metrics) and,
     cached, the store: its provenance, its teacher weights and manifest, its samples, the student's
@@ -184,19 +188,19 @@ def _check_stage(wf: Workflow, run, stage: str, init, resume: bool, out: Path, d
         from student_train.metrics import parse_metrics
 
         parse_metrics(metrics)
-    if run.mode != "cached":
-        return None, count_trained_samples(wf, run.subset, stage, None)
+    if plan.mode != "cached":
+        return None, count_trained_samples(wf, plan.subset, stage, None)
     from cache_schema.reader import CacheReader
     from student_train.data import check_store
     from student_train.losses import resolve_loss
     from student_train.preflight import check_samples_present, check_store_identity, check_token_hashes
     from student_train.teacher_projector import vision_source
 
-    path = wf.cache_path(run.subset)
-    dump = f"alignkd teacher-dump --workflow {wf.source} --subset {run.subset}"
+    path = wf.cache_path(plan.subset)
+    dump = f"alignkd teacher-dump --workflow {wf.source} --subset {plan.subset}"
     if not path.exists():
         if dry_run:
-            run.cache = f"{path} not built yet: run `{dump}` first (then this dry run checks it too)"
+            plan.cache = f"{path} not built yet: run `{dump}` first (then this dry run checks it too)"
             return None, None
         raise PlanError(f"cache {path} not found: run `{dump}` first, or use --mode online / sft")
     written = Path(init.path, "config.json").is_file()  # a later stage's init is written by the stage before it
@@ -206,20 +210,20 @@ def _check_stage(wf: Workflow, run, stage: str, init, resume: bool, out: Path, d
     wf = with_overrides(wf, {"models.student": student})
     reader = CacheReader(path)
     if student not in checked:  # provenance and teacher identity: once per student config
-        checked[student] = (check_store(wf, run.subset, reader),
-                            check_store_identity(wf, run.subset, reader.provenance, path))
+        checked[student] = (check_store(wf, plan.subset, reader),
+                            check_store_identity(wf, plan.subset, reader.provenance, path))
     info, notes = checked[student]
     notes = list(notes)
     src = PENDING
     if written:
         needs = resolve_loss(wf.train.loss).teacher_targets()
         src = vision_source(reader.provenance, init.path, needs.vision_tokens, bool(needs.attn))
-    missing = check_samples_present(wf, run.subset, stage, path)
-    matched = run.cache_matched[stage] = check_token_hashes(wf, run.subset, stage, path)
+    missing = check_samples_present(wf, plan.subset, stage, path)
+    matched = plan.cache_matched[stage] = check_token_hashes(wf, plan.subset, stage, path)
     if missing:
         notes.append(f"{missing} {stage} sample(s) not in the store are skipped (train.missing_sample: skip)")
-    run.notes += [n for n in notes if n not in run.notes]  # the second stage finds the same store
-    run.cache = f"{path}: {len(reader.sample_ids)} samples, provenance matches this run"
+    plan.notes += [n for n in notes if n not in plan.notes]  # the second stage finds the same store
+    plan.cache = f"{path}: {len(reader.sample_ids)} samples, provenance matches this run"
     store = StoreCheck(path=str(path), teacher_heads=info.teacher_heads, teacher_hidden=info.teacher_hidden,
                        vision_source=src, token_ids_compared=matched, missing=missing)
-    return store, count_trained_samples(wf, run.subset, stage, path)
+    return store, count_trained_samples(wf, plan.subset, stage, path)
