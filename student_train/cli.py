@@ -5,8 +5,8 @@ command line's overrides, the plan of `student_train.plan`: configs and tokenize
 weights, samples, batch plan, DeepSpeed config; the store checked once: provenance, teacher
 weights, token ids, the student tower; what the output directory holds), writes each stage's
 `<out>/<stage>/student_run.json` and starts one `deepspeed` launcher per stage
-(`student_train.launch --run <that file>` on every rank, which reads it and resolves nothing). `--stage all` runs pre-training, then fine-tuning from
-pre-training's exported student. `--dry-run` prints the plan instead; before the teacher dump it
+(`student_train.launch --run <that file>` on every rank, which reads it and resolves nothing).
+`--stage all` runs pre-training, then fine-tuning from pre-training's exported student. `--dry-run` prints the plan instead; before the teacher dump it
 notes the missing cache rather than refusing.
 
     alignkd student-train --workflow workflows/toy.yaml --subset short --stage all

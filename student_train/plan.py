@@ -236,7 +236,7 @@ def _plan_stage(wf: Workflow, subset: str, stage: str, init: StageInit, model: M
 def plan_run(wf: Workflow, subset: str, mode: str, inits: dict[str, StageInit], world_size: int, out: Path,
              max_steps: int | None = None, dry_run: bool = False) -> RunPlan:
     """The whole run's plan, checked: configs and tokenizers (no weights), the manifest's samples,
-    batch geometry; PlanError listing every problem. The cache is the CLI's to check (it refuses
+    batch geometry; PlanError listing every problem. The cache is student_train.run's to check (it refuses
     a mismatching store with the store's own errors)."""
     problems: list[str] = []
     notes: list[str] = []
