@@ -133,8 +133,9 @@ def test_the_core_rule_catches_an_unused_module(tmp_path):
     assert _unused_core(tmp_path, ("pipeline", "teacher_dump", "student_train"), CORE_USERS) == ["pipeline.orphan"]
 
 
-def _module_graph(package: str) -> dict[str, set[str]]:
-    """{module: modules of `package` it imports} (function-local imports included; `from a import
+def _direct_imports(package: str) -> dict[str, set[str]]:
+    """{module: modules of `package` it names in an import (function-local included; parent packages
+    not counted, unlike _module_graph, so a package and its submodules form no cycle); `from a import
     b` names the module a.b when there is one)."""
     mods = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
             for p in (REPO / package).rglob("*.py")}
@@ -154,7 +155,7 @@ def _module_graph(package: str) -> dict[str, set[str]]:
 def test_no_import_cycle_inside_student_train():
     """A run is resolved by the CLI (student_train.run) and read by the ranks (launch → recipe):
     no module of phase 2 imports one that imports it back (launch ⇄ recipe was such a cycle)."""
-    graph = _module_graph("student_train")
+    graph = _direct_imports("student_train")
     assert "student_train.launch" in graph["student_train.cli"]  # the walk sees the imports
     cycles = []
 
