@@ -36,6 +36,14 @@ TrainMode = Literal["cached", "online", "sft"]
 Precision = Literal["fp32", "fp16", "bf16"]
 ExportDtype = Literal["auto", "fp32", "fp16", "bf16"]
 MissingSample = Literal["error", "skip"]
+# cache encodings: the workflow's names or the store's short codes (teacher_dump/validate.py maps
+# one to the other; tests/teacher_dump/test_validate.py keeps the two lists one)
+AttnDtype = Literal["float32", "float16", "uint8", "uint8sqrt", "uint6", "uint6sqrt", "uint5", "uint5sqrt",
+                    "uint4", "uint4sqrt", "f32", "f16", "u8", "u8sqrt", "u6", "u6sqrt", "u5", "u5sqrt", "u4", "u4sqrt"]
+LogprobDtype = Literal["float32", "float16", "f32", "f16"]
+VisionDtype = Literal["float32", "float16", "bfloat16", "f32", "f16", "bf16"]
+TargetSource = Literal["auto", "recompute", "stored"]
+Compressor = Literal["none", "zstd", "lz4", "lz4hc", "blosclz", "zlib"]
 
 DEFAULT_WORKFLOW = Path("workflows/toy.yaml")
 
@@ -114,20 +122,20 @@ class CacheConfig:
     focus_k: int = 16
     # defaults measured by `alignkd cache size-table` (README): 8-bit sqrt-domain attention is
     # 4.6x smaller than fp32 at a relative attention-loss error of 8e-5; float32 everywhere is lossless
-    attn_dtype: str = "u8sqrt"  # float32 (lossless) | float16 | uint8 | u8sqrt (8-bit, sqrt domain) | u6sqrt | u5sqrt | u4sqrt | u6 | u5 | u4
-    logprob_dtype: str = "float16"  # float32 (lossless) | float16
-    vision_dtype: str = "float16"  # float32 (lossless) | float16 | bfloat16
+    attn_dtype: AttnDtype = "u8sqrt"  # float32 (lossless) | float16 | uint8 | u8sqrt (8-bit, sqrt domain) | u6sqrt | u5sqrt | u4sqrt | u6 | u5 | u4
+    logprob_dtype: LogprobDtype = "float16"  # float32 (lossless) | float16
+    vision_dtype: VisionDtype = "float16"  # float32 (lossless) | float16 | bfloat16
     # the teacher's projector tokens (1.08 MB per image at the 7B's width): "recompute" keeps only the
     # teacher projector (once) and the student rebuilds them from its own frozen tower, valid only
     # for a student whose tower fingerprint equals the teacher's; "stored" writes them per image;
     # "auto": recompute when models.student is at hand with the teacher's tower, else stored
-    projector_tokens: str = "auto"  # auto | recompute | stored
+    projector_tokens: TargetSource = "auto"  # auto | recompute | stored
     # the teacher's first-layer attention (1.0 MB per sample at the 7B's width, u8sqrt): "recompute" keeps
     # its embedding rows, layer-0 norm and q/k projections once (≈ 330 MB f16 for the 7B) and the student
     # recomputes the probabilities exactly; needs recomputed projector tokens and first-layer blocks only.
     # "auto": recompute whenever that holds, else stored (cache.attn_dtype then applies)
-    attention: str = "auto"  # auto | recompute | stored
-    compressor: str = "zstd"
+    attention: TargetSource = "auto"  # auto | recompute | stored
+    compressor: Compressor = "zstd"
     compression_level: int = 3
     blocks: list[AttnBlock] = field(default_factory=lambda: ["tv"])
     layers: list[AttnLayer] = field(default_factory=lambda: ["first"])

@@ -130,6 +130,14 @@ def test_fixed_choice_values_are_checked_at_load_all_at_once(tmp_path):
                    "reproduce.presets[1]: 'bogus'"):
         assert needle in msg, msg
     assert "8 problem(s)" in msg, msg
+    # the cache's encodings and target sources are choices too
+    p.write_text("cache:\n  attention: stord\n  projector_tokens: recomputed\n  attn_dtype: u9\n  compressor: zsdt\n")
+    with pytest.raises(WorkflowError) as err:
+        load_workflow(p)
+    msg = str(err.value)
+    for needle in ("cache.attention: 'stord' is not one of auto, recompute, stored", "cache.projector_tokens: 'recomputed'",
+                   "cache.attn_dtype: 'u9' is not one of float32,", "cache.compressor: 'zsdt' is not one of none, zstd"):
+        assert needle in msg, msg
     # a choice of the wrong type is refused too (YAML reads `mode: 1` as an int)
     p.write_text("train:\n  mode: 1\n")
     with pytest.raises(WorkflowError, match="train.mode: 1 is not one of"):

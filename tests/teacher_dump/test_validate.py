@@ -73,3 +73,17 @@ def test_resume_into_a_store_of_other_provenance_is_refused(dump_world, tmp_path
     msg = str(err.value)
     # "expected" = this run's value, "got" = the store's
     assert "logits_topk: expected 8, got 16" in msg and "encoding.attn" in msg and str(job.store_path) in msg
+
+
+def test_cache_encoding_choices_at_load_are_the_ones_the_dump_maps():
+    # pipeline (the core) may not import teacher_dump: the accepted names are spelled in both;
+    # this keeps them one list (a name only the loader knows would pass load and fail the dump)
+    import typing
+
+    from pipeline import workflow as w
+    from teacher_dump import validate as v
+
+    for literal, table in ((w.AttnDtype, v._ATTN), (w.LogprobDtype, v._LOGPROB), (w.VisionDtype, v._VISION)):
+        assert set(typing.get_args(literal)) == set(table) | set(table.values()), literal
+    for c in typing.get_args(w.Compressor):  # every compressor the loader accepts encodes
+        v.encoding_from_cache(w.CacheConfig(compressor=c))
