@@ -28,12 +28,13 @@ development world workflows/toy_dev.yaml (seed 1), measured on this project's 2-
   `cache.focus_k` 2 keeps the paper's ratio (16 of 144).
 * cost per optimiser step: teacher (4x256) ≈ 0.65 s on captions, ≈ 0.8-1.4 s on QA (Short/Long);
   student (2x128) ≈ 0.25 s; 2 DeepSpeed ranks roughly halve the wall time of either.
-* the teacher is trained once per world (150 caption + 300 QA steps at lr 7e-4, ~7 min on 2 ranks),
-  the students get one epoch of Short per stage (75 + 106 steps at 1e-3): on the dev world the
-  teacher answers 18 points better than an SFT student and drops 16 points with another image,
-  while the SFT student stays image-blind at that budget — the gap Align-KD can close.
+* the teacher is trained once per world (150 caption + 400 QA steps at lr 7e-4, ~4 min on 2 ranks),
+  the students get two epochs of Short per stage (150 + 213 steps at 1e-3): on dev worlds 2 and 3
+  the teacher answers 16-19 points better than an SFT student and drops 14-19 points with another
+  image; the SFT student stays image-blind at that budget while the Align-KD student reads the image
+  (0.482 / 0.499 vs SFT 0.354 / 0.355; docs/results/distillation.md) — the gap Align-KD closes.
 * 1,200 training images, 1,200 captions and 2,000 fine-tuning records (1,700 in Short): the
-  students see Short once (75 + 106 steps); the Short dump is 2,900 samples (~1 min).
+  students see Short twice per stage (150 + 213 steps); the Short dump is 2,900 samples (~1 min).
 * 1,400 eval questions (200 per task type) on 500 held-out images, and one description per
   held-out image for image use: with 350 one model's accuracy had ±2.5 points of standard error;
   every comparison is now a paired bootstrap interval (`evaluation.paired`), which resolves ~2 points.
