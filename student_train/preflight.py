@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from cache_schema.index import load_index
@@ -21,6 +20,7 @@ from pipeline.data.contract import read_manifest, subset_column
 from pipeline.fingerprint import checkpoint_fingerprint, manifest_subset_fingerprint
 from pipeline.workflow import Workflow
 from student_train.data import MissingSampleError, StoreMismatchError
+from student_train.data.manifest import stage_mask
 
 _SHOW = 5
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -112,13 +112,8 @@ def count_trained_samples(wf: Workflow, subset: str, stage: str, store: Path | N
     (stage, subset, train.<stage>.datasets) less, with a store, those it does not hold (what the
     loader drops under train.missing_sample "skip"). From the id columns alone, once per launch:
     the ranks no longer build a loader to count them."""
-    col = subset_column(subset)
-    m = read_manifest(wf.data.manifest, ["sample_id", "dataset", "stage", col])
-    keep = pc.and_(pc.equal(m["stage"], stage), m[col])
-    wanted = getattr(wf.train, stage).datasets
-    if wanted:
-        keep = pc.and_(keep, pc.is_in(m["dataset"], value_set=pa.array(wanted)))
-    ids = m.filter(keep)["sample_id"]
+    m = read_manifest(wf.data.manifest, ["sample_id", "dataset", "stage", subset_column(subset)])
+    ids = m.filter(stage_mask(m, wf, subset, stage))["sample_id"]
     if store is None:
         return len(ids)
     have = load_index(store).samples["sample_id"].combine_chunks().cast(ids.type)

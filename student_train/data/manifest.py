@@ -17,6 +17,17 @@ STAGES = ("pretrain", "finetune")
 _COLUMNS = ("sample_id", "dataset", "stage", "image_path", "image_hash", "input_ids", "labels", "token_hash")
 
 
+def stage_mask(t: pa.Table, wf: Workflow, subset: str, stage: str) -> pa.ChunkedArray:
+    """[rows] bool: the manifest rows a stage trains on: `stage`, in `subset` (column `in_<subset>`),
+    and in `wf.train.<stage>.datasets` when that list is not empty. `t` needs the stage, dataset
+    and subset columns; the one definition `StageRows` and the launch-side sample count share."""
+    keep = pc.and_(pc.equal(t["stage"], stage), t[subset_column(subset)])
+    wanted = getattr(wf.train, stage).datasets
+    if wanted:
+        keep = pc.and_(keep, pc.is_in(t["dataset"], pa.array(wanted)))
+    return keep
+
+
 @dataclass(frozen=True)
 class ManifestRow:
     sample_id: str
@@ -40,7 +51,6 @@ class StageRows:
         wf.subset_limit(subset)  # unknown subset: WorkflowError naming the known ones
         col = subset_column(subset)
         t = read_manifest(path, [*_COLUMNS, col])  # refuses another version or missing columns
-        keep = pc.and_(pc.equal(t["stage"], stage), t[col])
         wanted = getattr(wf.train, stage).datasets
         if wanted:
             unknown = sorted(set(wanted) - set(t["dataset"].unique().to_pylist()))
@@ -49,8 +59,7 @@ class StageRows:
                     f"train.{stage}.datasets names {unknown}, not in manifest {path} "
                     f"(it holds {sorted(t['dataset'].unique().to_pylist())})"
                 )
-            keep = pc.and_(keep, pc.is_in(t["dataset"], pa.array(wanted)))
-        t = t.filter(keep).combine_chunks()
+        t = t.filter(stage_mask(t, wf, subset, stage)).combine_chunks()
         self.path, self.stage, self.subset = path, stage, subset
         self._cols = {c: t[c].chunk(0) if t[c].num_chunks else pa.array([], t[c].type) for c in _COLUMNS}
         self.sample_ids: list[str] = self._cols["sample_id"].to_pylist()
