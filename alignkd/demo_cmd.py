@@ -118,15 +118,14 @@ def prepare_teacher(run: StepRunner, wf, w: str) -> None:
         if t_run.exists():
             shutil.rmtree(t_run)
         d = wf.demo
-        common = ["--workflow", w, "--subset", d.teacher_subset, "--mode", "sft", "--out", str(t_run),
-                  "--num-procs", str(d.teacher_ranks)]
-        common += ["--lr", str(d.teacher_lr)] if d.teacher_lr else []
-        common += ["--projector-lr", str(d.teacher_projector_lr)] if d.teacher_projector_lr else []
-        run("train the toy teacher (sft, pre-training stage)",
-            ["student-train", *common, "--stage", "pretrain", "--init", teacher_init,
-             "--max-steps", str(d.teacher_pretrain_steps)])
-        run("train the toy teacher (sft, fine-tuning stage)",
-            ["student-train", *common, "--stage", "finetune", "--max-steps", str(d.teacher_finetune_steps)])
+        args = ["student-train", "--workflow", w, "--subset", d.teacher_subset, "--mode", "sft", "--out", str(t_run),
+                "--num-procs", str(d.teacher_ranks), "--stage", "all", "--init", teacher_init,
+                "--set", f"train.pretrain.max_steps={d.teacher_pretrain_steps}",
+                "--set", f"train.finetune.max_steps={d.teacher_finetune_steps}"]
+        args += ["--lr", str(d.teacher_lr)] if d.teacher_lr else []
+        args += ["--projector-lr", str(d.teacher_projector_lr)] if d.teacher_projector_lr else []
+        # one command, one launch: pre-training from the init, then fine-tuning from its export
+        run("train the toy teacher (sft, pre-training then fine-tuning)", args)
         shutil.copytree(t_run / "finetune" / "final", wf.models.teacher)
         from pipeline.models.original_compat import point_vision_tower  # torch: not at CLI start
 

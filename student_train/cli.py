@@ -4,14 +4,17 @@ The command resolves the run once, in this process (`student_train.run`: the wor
 command line's overrides, the plan of `student_train.plan`: configs and tokenizers without
 weights, samples, batch plan, DeepSpeed config; the store checked once: provenance, teacher
 weights, token ids, the student tower; what the output directory holds), writes each stage's
-`<out>/<stage>/student_run.json` and starts one `deepspeed` launcher per stage
-(`student_train.launch --run <that file>` on every rank, which reads it and resolves nothing).
-`--stage all` runs pre-training, then fine-tuning from pre-training's exported student. `--dry-run` prints the plan instead; before the teacher dump it
-notes the missing cache rather than refusing.
+`<out>/<stage>/student_run.json` and starts one `deepspeed` launcher for the command's stages
+(`student_train.launch --run <file> [--run <file>]` on every rank, which reads them and resolves
+nothing). `--stage all` runs pre-training, then fine-tuning from pre-training's exported student,
+in the same rank processes. `--set train.pretrain.max_steps=150` overrides any workflow key for
+this command (checked as the loader checks the file). `--dry-run` prints the plan instead; before
+the teacher dump it notes the missing cache rather than refusing.
 
     alignkd student-train --workflow workflows/toy.yaml --subset short --stage all
     alignkd student-train --workflow workflows/mobilevlm_v2.yaml --stage all --num-gpus 8 --dry-run
-    alignkd student-train --mode sft --init runs/toy/world/teacher_init --out runs/toy/teacher   # toy teacher
+    alignkd student-train --mode sft --init runs/toy/world/teacher_init --out runs/toy/teacher_run \
+        --set train.pretrain.max_steps=150 --set train.finetune.max_steps=400          # the toy teacher
 """
 
 from __future__ import annotations
@@ -84,8 +87,32 @@ def _check_counts(max_steps: int | None, num_nodes: int) -> None:
         raise UsageRefusal(f"--num-nodes {num_nodes}: give at least 1")
 
 
+def parse_sets(items: list[str]) -> dict[str, object]:
+    """`--set KEY=VALUE` items as workflow overrides: VALUE read as YAML (`150` an int, `true` a
+    bool, `[a, b]` a list), and a YAML string that is a number in Python's spelling (`7e-4`, which
+    YAML 1.1 leaves a string) as a float; `pipeline.workflow.with_overrides` checks keys and types."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise UsageRefusal(f"--set {item!r}: give KEY=VALUE, e.g. --set train.finetune.max_steps=400")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UsageRefusal(f"--set {item!r}: the value is not YAML ({exc})") from exc
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        out[key.strip()] = value
+    return out
+
+
 def launch(cmd: list[str], env: dict[str, str], lock) -> int:
-    """Run one stage's launcher to its end. It inherits the output directory's lock, so that a
+    """Run the stages' launcher to its end. It inherits the output directory's lock, so that a
     second run stays refused while it trains, even if this process is killed."""
     return subprocess.call(cmd, env=env, pass_fds=(lock.fileno(),))
 
@@ -117,6 +144,8 @@ def student_train(
     hostfile: str = typer.Option(None, help="DeepSpeed hostfile for multi-node runs"),
     export_dtype: str = typer.Option(None, help="fp32 | fp16 | bf16 | auto (= train.precision); default train.export_dtype"),
     launcher_args: str = typer.Option("", help="extra arguments for the deepspeed launcher, e.g. '--master_addr 10.0.0.1'"),
+    sets: list[str] = typer.Option([], "--set", help="KEY=VALUE: override a workflow key for this command (repeatable), "
+                                   "e.g. --set train.pretrain.max_steps=150"),
     dry_run: bool = typer.Option(False, "--dry-run", help="check and print the plan and launcher commands, run nothing"),
 ) -> None:
     """Phase 2: train the student with DeepSpeed ZeRO-2 from the cached targets.
@@ -130,7 +159,8 @@ def student_train(
     try:
         _check_counts(max_steps, num_nodes)
         rc = _train(workflow, subset, list(STAGES) if stage == "all" else [stage], mode, preset, init, out, resume,
-                    max_steps, lr, projector_lr, seed, num_gpus, num_nodes, hostfile, export_dtype, launcher_args, dry_run)
+                    max_steps, lr, projector_lr, seed, num_gpus, num_nodes, hostfile, export_dtype, launcher_args, dry_run,
+                    parse_sets(sets))
     except _refusals() as exc:
         _refuse(exc)
     if rc:
@@ -140,47 +170,58 @@ def student_train(
 def _train(workflow: str, subset: str, stages: list[str], mode: str | None, preset: str | None, init: str | None,
            out: str | None, resume: bool, max_steps: int | None, lr: float | None, projector_lr: float | None,
            seed: int | None, num_gpus: int, num_nodes: int, hostfile: str | None, export_dtype: str | None,
-           launcher_args: str, dry_run: bool) -> int:
-    """Resolve the run once (student_train.run), then launch its stages one after the other under
-    the output directory's lock, each rank reading its stage's run file; the first failing
-    launcher's exit code, or 0."""
-    from pipeline.workflow import load_workflow
-    from student_train.run import complete, resolve_runs  # pyarrow: not at CLI start
+           launcher_args: str, dry_run: bool, sets: dict[str, object]) -> int:
+    """Resolve the run once (student_train.run), then launch its stages (one launcher, the stages
+    one after the other on every rank) under the output directory's lock; the launcher's exit
+    code."""
+    from pipeline.workflow import load_workflow, with_overrides
+    from student_train.checkpoint import stage_state
+    from student_train.run import PENDING, complete, resolve_runs  # pyarrow: not at CLI start
 
     wf = load_workflow(workflow)
+    if sets:
+        wf = with_overrides(wf, sets)
     nprocs = _num_procs(num_gpus, wf.train.num_procs)
     run, stage_runs = resolve_runs(wf, subset, stages, out=out, mode=mode, preset=preset, init=init, resume=resume,
                                    max_steps=max_steps, lr=lr, projector_lr=projector_lr, seed=seed,
                                    export_dtype=export_dtype, world_size=nprocs * num_nodes, dry_run=dry_run)
     out_dir = Path(stage_runs[0].out)
-    for sp, sr in zip(run.stages, stage_runs):
-        sp.command = launcher_command(sr.path, nprocs, num_nodes, hostfile, extra=launcher_args)
+    # a resumed command skips the stages already exported; the rest share one launch
+    todo = [(sp, sr) for sp, sr in zip(run.stages, stage_runs) if not (resume and stage_state(out_dir / sp.stage) == "done")]
+    cmd = launcher_command([sr.path for _, sr in todo], nprocs, num_nodes, hostfile, extra=launcher_args)
+    for sp in run.stages:
+        sp.command = cmd
     if dry_run:
         typer.echo(run.describe())
         return 0
     for note in run.notes:  # what was not checked, or is skipped: a real run says so too
         typer.echo(f"[student-train] note: {note}", err=True)
-    from student_train.checkpoint import stage_state
     from student_train.outlock import OutDirLock
     from student_train.shm import reclaim_orphan_buffers
 
-    with OutDirLock(out_dir) as lock:  # held until the last stage's launcher exits (the kernel drops it if we are killed)
+    with OutDirLock(out_dir) as lock:  # held until the launcher exits (the kernel drops it if we are killed)
         orphans = reclaim_orphan_buffers()
         if orphans:
             typer.echo(f"[student-train] removed {len(orphans)} orphaned /dev/shm buffer(s) of killed runs: "
                        + ", ".join(orphans), err=True)
-        for sp, sr in zip(run.stages, stage_runs):
-            st, cmd = sp.stage, sp.command
-            if resume and stage_state(out_dir / st) == "done":
-                typer.echo(f"[student-train] {st}: already exported to {out_dir / st / 'final'}; skipping", err=True)
-                continue
-            complete(sr).write()  # what the ranks read (an earlier stage's export: its tower compared now)
-            typer.echo(f"[student-train] {st}: {nprocs} rank(s)/node, init {sp.init.path}, out {out_dir / st}", err=True)
-            try:
-                rc = launch(cmd, launcher_env(nprocs), lock)
-            finally:
-                release_shm_buffers(cmd)
-            if rc != 0:
-                typer.echo(f"[student-train] {st} failed (exit {rc}); the error is in the rank output above", err=True)
-                return rc
+        for sp in run.stages:
+            if all(sp is not t for t, _ in todo):
+                typer.echo(f"[student-train] {sp.stage}: already exported to {out_dir / sp.stage / 'final'}; skipping", err=True)
+        if not todo:
+            return 0
+        for i, (sp, sr) in enumerate(todo):
+            # what the ranks read: the first stage completed here (an earlier command's export: its
+            # tower compared now); a later one pending until the stage before has exported its init
+            # (rank 0 completes it then)
+            pending = i > 0 and sr.store is not None and sr.store.vision_source == PENDING
+            (sr if pending else complete(sr)).write()
+            typer.echo(f"[student-train] {sp.stage}: {nprocs} rank(s)/node, init {sp.init.path}, out {out_dir / sp.stage}", err=True)
+        try:
+            rc = launch(cmd, launcher_env(nprocs), lock)
+        finally:
+            release_shm_buffers(cmd)
+        if rc != 0:
+            failed = next((sp.stage for sp, _ in todo if stage_state(out_dir / sp.stage) != "done"), todo[-1][0].stage)
+            typer.echo(f"[student-train] {failed} failed (exit {rc}); the error is in the rank output above", err=True)
+            return rc
     return 0

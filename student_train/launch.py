@@ -1,10 +1,15 @@
 """Per-rank entry point under the DeepSpeed launcher, and how the CLI builds that launch.
 
-    deepspeed --num_gpus N --master_port P --module student_train.launch --run runs/toy/student/pretrain/student_run.json
+    deepspeed --num_gpus N --master_port P --module student_train.launch \
+        --run runs/toy/student/pretrain/student_run.json --run runs/toy/student/finetune/student_run.json
 
-runs one stage on every rank (`StudentTrainRecipe`) from the run the CLI resolved and wrote
-(`student_train.run.StudentRun`): the ranks read it, they do not resolve it again. Kept light at
-import time (no torch): the `alignkd` CLI imports it.
+runs the command's stages one after the other on every rank (`StudentTrainRecipe`), each from the
+run the CLI resolved and wrote (`student_train.run.StudentRun`): the ranks read it, they do not
+resolve it again. One launch for all stages: a second launch cost ~10 s of launcher and rank
+start-up (imports, DeepSpeed's checks) per run on 2 CPU cores. A stage that starts from the export
+of the stage before it has its tower compared with the store (`student_train.run.complete`) once,
+by rank 0, after that export is written. Kept light at import time (no torch): the `alignkd` CLI
+imports it.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ STAGES = ("pretrain", "finetune")
 MODES = ("cached", "online", "sft")
 
 
-def parse_args(argv: list[str] | None = None) -> Path:
-    """The run file a rank is handed (`--run`); the launcher's --local_rank is ignored (env)."""
+def parse_args(argv: list[str] | None = None) -> list[Path]:
+    """The run files a rank is handed (`--run`, one per stage, in order); the launcher's
+    --local_rank is ignored (env)."""
     p = argparse.ArgumentParser(prog="student_train.launch", description=__doc__)
     p.add_argument("--local_rank", "--local-rank", type=int, default=None)  # set by the launcher; we read env
-    p.add_argument("--run", required=True, help="the student_run.json `alignkd student-train` wrote for this stage")
-    return Path(p.parse_args(argv).run)
+    p.add_argument("--run", required=True, action="append",
+                   help="the student_run.json `alignkd student-train` wrote for a stage (repeated: stages in order)")
+    return [Path(r) for r in p.parse_args(argv).run]
 
 
 def free_port() -> int:
@@ -37,9 +44,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launcher_command(run_file: Path, num_procs: int, num_nodes: int = 1, hostfile: str | None = None,
+def launcher_command(run_files: Path | list[Path], num_procs: int, num_nodes: int = 1, hostfile: str | None = None,
                      master_port: int | None = None, extra: str = "") -> list[str]:
-    """The `deepspeed` launcher command for one stage, whose resolved run is `run_file`.
+    """The `deepspeed` launcher command for the stages whose resolved runs are `run_files` (in order).
 
     --num_gpus N starts N local ranks; on a machine without GPUs DeepSpeed's CPU accelerator takes
     the same path (gloo, one process per "device"), so the command is the same everywhere. A
@@ -51,7 +58,9 @@ def launcher_command(run_file: Path, num_procs: int, num_nodes: int = 1, hostfil
         cmd += ["--hostfile", hostfile, "--num_nodes", str(num_nodes)]
     cmd += ["--num_gpus", str(num_procs), "--master_port", str(master_port or free_port())]
     cmd += shlex.split(extra)
-    cmd += ["--module", "student_train.launch", "--run", str(run_file)]
+    cmd += ["--module", "student_train.launch"]
+    for f in [run_files] if isinstance(run_files, Path) else run_files:
+        cmd += ["--run", str(f)]
     return cmd
 
 
@@ -87,16 +96,46 @@ def launcher_env(num_procs: int) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_file = parse_args(argv)
+    run_files = parse_args(argv)
+    import gc
+
     from student_train.recipe import StudentTrainRecipe  # torch, deepspeed
     from student_train.run import StudentRun
 
-    recipe = StudentTrainRecipe(StudentRun.read(run_file))
-    try:
-        recipe.setup()
-        recipe.train()
-    finally:
-        recipe.cleanup()
+    for i, path in enumerate(run_files):
+        last = i == len(run_files) - 1
+        # the first stage's run was completed by the CLI; a later one starts from the export the
+        # stage before wrote, and rank 0 completes it now (the process group is still up)
+        recipe = StudentTrainRecipe(StudentRun.read(path) if i == 0 else complete_on_rank0(path))
+        ok = False
+        try:
+            recipe.setup()
+            recipe.train()
+            ok = True
+        finally:
+            recipe.cleanup(keep_process_group=ok and not last)  # the next stage reuses the rendezvous
+        del recipe
+        gc.collect()  # the stage's engine, model and loader workers, before the next stage builds its own
+
+
+def complete_on_rank0(path: Path):
+    """The stage's run file completed by rank 0 (`student_train.run.complete`: the tower of the
+    earlier stage's export compared with the store) and read by every rank; a refusal on rank 0
+    is raised on every rank (a rank left waiting would hang the launch)."""
+    import torch.distributed as dist
+
+    from student_train.run import StudentRun, complete
+
+    problem: list[str | None] = [None]
+    if dist.get_rank() == 0:
+        try:
+            complete(StudentRun.read(path, pending_ok=True)).write()
+        except Exception as exc:  # noqa: BLE001 - every rank must learn of it, whatever it is
+            problem = [f"{type(exc).__name__}: {exc}"]
+    dist.broadcast_object_list(problem, src=0)
+    if problem[0] is not None:
+        raise RuntimeError(f"{path}: the stage could not start: {problem[0]}")
+    return StudentRun.read(path)
 
 
 if __name__ == "__main__":

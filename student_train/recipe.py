@@ -271,7 +271,8 @@ class StudentTrainRecipe:
             return
         r = self.run
         info = {"args": {"subset": r.subset, "stage": r.stage, "init": r.init, "out": r.out, "resume": r.resume},
-                "run_file": str(r.path), "workflow": self.wf.source, "mode": self.wf.train.mode,
+                "run_file": str(r.path), "pid": os.getpid(),  # a command's stages share it: one launch
+                "workflow": self.wf.source, "mode": self.wf.train.mode,
                 "loss": dataclasses.asdict(self.resolved), "plan": dataclasses.asdict(self.plan),
                 "num_samples": self.num_samples, "micro_steps_per_epoch": self.micro_per_epoch,
                 "total_steps": self.total_steps, "param_groups": self.group_names, "deepspeed_config": self.ds_config,
@@ -387,10 +388,11 @@ class StudentTrainRecipe:
         dist.barrier()
 
     # ----------------------------------------------------------------------------- cleanup
-    def cleanup(self) -> None:
+    def cleanup(self, keep_process_group: bool = False) -> None:
+        """Close the metrics; destroy the process group unless the launch runs another stage."""
         if self.writer is not None:
             self.writer.close()
-        if dist.is_available() and dist.is_initialized():
+        if not keep_process_group and dist.is_available() and dist.is_initialized():
             deepspeed.comm.destroy_process_group()  # also drops DeepSpeed's cached groups (a later run re-inits)
 
     def _log(self, msg: str) -> None:

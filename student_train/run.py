@@ -2,7 +2,7 @@
 every rank (teacher_dump's `DumpJob`, for phase 2).
 
     plan, runs = resolve_runs("workflows/toy.yaml", "short", ["pretrain", "finetune"], out=Path("o"), ...)
-    run = complete(runs[0])              # a stage whose init an earlier stage writes: its tower, now
+    run = complete(runs[0])              # a stage whose init an earlier stage wrote: its tower, now
     path = run.write()                   # <out>/<stage>/student_run.json
     # the deepspeed launcher starts `python -m student_train.launch --run <path>` on every rank:
     run = StudentRun.read(path)          # nothing re-resolved: no overrides, no store check, no hash
@@ -13,8 +13,9 @@ stage's init, and in cached mode the store checked once: its provenance (`check_
 weights and manifest (`check_store_identity`), the stage's samples and token ids, the student
 tower's fingerprint against a recompute store (`vision_source`), and the samples the loader will
 yield. A stage that starts from an earlier stage's export (fine-tuning after pre-training in the
-same command) has no tower yet: its tower is compared by `complete`, in the launching process,
-just before its launch. The ranks open the store for its data only.
+same command) has no tower yet: its run file is written pending, and rank 0 of the launch compares
+that export's tower by `complete` once the stage before has written it (`student_train.launch`);
+a command's first stage is completed by the CLI. The ranks open the store for its data only.
 """
 
 from __future__ import annotations
@@ -99,15 +100,17 @@ class StudentRun:
         return path
 
     @classmethod
-    def read(cls, path: str | Path) -> StudentRun:
+    def read(cls, path: str | Path, pending_ok: bool = False) -> StudentRun:
+        """The run of a run file; one whose tower comparison is still pending is refused unless
+        `pending_ok` (rank 0 completing it after the stage before, `student_train.launch`)."""
         path = Path(path)
         try:
             text = path.read_text()
         except OSError as exc:
             raise RunFileError(f"{path}: cannot read the student run file ({exc}); it is written by "
-                               "`alignkd student-train` before each stage's launch") from exc
+                               "`alignkd student-train` before its launch") from exc
         run = cls.from_json(text, str(path))
-        if run.store is not None and run.store.vision_source == PENDING:
+        if not pending_ok and run.store is not None and run.store.vision_source == PENDING:
             raise RunFileError(f"{path}: the stage's tower was never compared with the store (written before "
                                "`complete`); re-run `alignkd student-train`")
         return run

@@ -23,6 +23,7 @@ from transformers import CLIPVisionConfig
 
 from pipeline.fingerprint import vocab_fingerprint
 from pipeline.models import MobileVLM
+from student_train.run import StudentRun
 from tests.e2e.release_run import alignkd, logits, manifest_rows, write_data, write_workflow
 from tests.pipeline.release_checkpoint import write_release_checkpoint
 from tests.pipeline.release_tokenizer import SP_VOCAB
@@ -79,6 +80,11 @@ def test_every_command_on_release_directories(run):
             "--max-steps", "1", "--num-gpus", "1", "--out", str(out / "sft"), cwd=cwd)
     final = students / "finetune" / "final"
     assert (out / "sft" / "finetune" / "final" / "config.json").is_file()
+    # --stage all is one launch: fine-tuning ran in pre-training's rank process, and its run file,
+    # pending when the command started (its init is pre-training's export), was completed there
+    pids = [json.loads((students / st / "run.json").read_text())["pid"] for st in ("pretrain", "finetune")]
+    assert pids[0] == pids[1], pids
+    assert StudentRun.read(students / "finetune" / "student_run.json").store.vision_source == "recompute"
 
     # the export is a checkpoint in its own right: its tokenizer is the release's, by content and by file
     assert (final / "tokenizer.model").read_bytes() == (run["student"] / "tokenizer.model").read_bytes()

@@ -34,11 +34,29 @@ def test_a_resolved_run_round_trips_through_its_json_file(tmp_path):
     assert StudentRun.from_json(no_store.to_json(), "x") == no_store
 
 
-def test_the_launch_hands_the_ranks_the_run_file(tmp_path):
+def test_the_launch_hands_the_ranks_the_run_files_in_stage_order(tmp_path):
     path = _run(tmp_path).path
     cmd = launcher_command(path, 2, master_port=29611)
     assert cmd[cmd.index("--module"):] == ["--module", "student_train.launch", "--run", str(path)]
-    assert parse_args([*cmd[cmd.index("--run"):], "--local_rank=1"]) == path
+    assert parse_args([*cmd[cmd.index("--run"):], "--local_rank=1"]) == [path]
+    pre = _run(tmp_path, stage="pretrain").path
+    cmd = launcher_command([pre, path], 2, master_port=29611)  # --stage all: one launch, both stages
+    assert cmd[cmd.index("--module"):] == ["--module", "student_train.launch", "--run", str(pre), "--run", str(path)]
+    assert parse_args(["--local_rank=0", *cmd[cmd.index("--run"):]]) == [pre, path]
+
+
+def test_set_reads_values_as_yaml_and_refuses_what_is_not_key_value():
+    from student_train.cli import UsageRefusal, parse_sets
+
+    got = parse_sets(["train.pretrain.max_steps=150", "train.finetune.lr=7e-4", "train.finetune.lr=1.0e-3",
+                      "train.gradient_checkpointing=true", "data.subsets={short: 64}", "name=toy 2"])
+    assert got == {"train.pretrain.max_steps": 150, "train.finetune.lr": 1e-3, "train.gradient_checkpointing": True,
+                   "data.subsets": {"short": 64}, "name": "toy 2"}
+    assert parse_sets(["train.finetune.lr=7e-4"]) == {"train.finetune.lr": 7e-4}  # YAML 1.1 leaves it a string
+    assert isinstance(got["train.pretrain.max_steps"], int)
+    for bad in ("train.finetune.lr", "=3", "x=[1"):
+        with pytest.raises(UsageRefusal, match="--set"):
+            parse_sets([bad])
 
 
 def test_a_rank_refuses_a_run_file_it_cannot_trust(tmp_path):

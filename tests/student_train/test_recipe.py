@@ -310,8 +310,9 @@ def test_cli_dry_run_prints_the_launch(tiny_world, tiny_store, tmp_path):
     assert res.exit_code == 0, res.output
     assert res.output.count("--module student_train.launch") == 2 and "--num_gpus 2" in res.output
     assert f"init      {tmp_path / 'o' / 'pretrain' / 'final'} (pre-training's export" in res.output  # fine-tuning
-    for st in ("pretrain", "finetune"):  # starts from pre-training; each launch hands the ranks its run file
-        assert f"--module student_train.launch --run {tmp_path / 'o' / st / 'student_run.json'}" in res.output
+    # one launch for both stages, in order: the ranks run pre-training, then fine-tuning from its export
+    runs = " ".join(f"--run {tmp_path / 'o' / st / 'student_run.json'}" for st in ("pretrain", "finetune"))
+    assert res.output.count(f"--module student_train.launch {runs}") == 2  # shown under each stage
     assert '"gradient_accumulation_steps": 1' in res.output
     assert not (tmp_path / "o").exists()
 
