@@ -40,6 +40,14 @@ def test_shortened_demo_runs_every_stage_and_writes_the_report(tmp_path):
     titles = " | ".join(s["title"] for s in steps)
     for stage in ("toy world", "manifest", "teacher", "teacher dump", "alignkd student", "sft student", "evaluate"):
         assert stage in titles, titles
+    # the three evals and the probe ran side by side (one thread each), each with its own log
+    par = [s for s in steps if s.get("parallel")]
+    assert [s["title"].split()[:3] for s in par] == [["evaluate", "the", "teacher"], ["evaluate", "the", "sft"],
+                                                     ["evaluate", "the", "alignkd"], ["layer", "probe", "of"]]
+    assert all((tmp_path / s["log"]).stat().st_size > 0 for s in par)  # relative to the demo's directory
+    # the teacher's two stages are one command and one launch (fine-tuning in pre-training's ranks)
+    pids = [json.loads((run / "teacher_run" / st / "run.json").read_text())["pid"] for st in ("pretrain", "finetune")]
+    assert pids[0] == pids[1] and sum("toy teacher" in s["title"] for s in steps) == 1
     # manifest -> cache: the store covers exactly the Short subset and verifies
     rows = pq.read_table(run / "manifest.parquet", columns=["sample_id", "in_short"]).to_pylist()
     short = {r["sample_id"] for r in rows if r["in_short"]}
