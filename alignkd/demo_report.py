@@ -129,7 +129,8 @@ def write_report(report: Path, models: dict[str, Path], students: Path, heatmaps
             "keeps). A store dumped with `cache.attention: stored` has maps for `alignkd cache show --png`."]), "",
         "## Layer probe of the teacher (paper §3.1, Figure 2)", "", "![probe](probe_teacher/layers.png)", "",
         "## Commands run", "", "| # | step | seconds | command |", "|---|---|---|---|",
-        *[f"| {s['step']} | {s['title']} | {s['seconds']} | `{s['command']}` |" for s in steps], "",
+        *[f"| {s['step']} | {s['title']}{' (in parallel)' if s.get('parallel') else ''} | {s['seconds']} | `{s['command']}` |"
+          for s in steps], "",
     ]
     (report / "summary.md").write_text("\n".join(md))
     (report / "summary.json").write_text(json.dumps({"accuracy": acc, "comparisons": cmp, "steps": steps,
