@@ -31,10 +31,12 @@ from pipeline.models import MobileVLM, preprocess_image
 
 
 class PixelCache:
-    """Preprocessed pixel values of image files, read and preprocessed once each."""
+    """Preprocessed pixel values of image files, read and preprocessed once each (up to
+    `max_bytes` of them; later files are preprocessed on every call, as without the cache)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int = 2 << 30) -> None:
         self._px: dict[tuple[str, int, str | None], torch.Tensor] = {}
+        self.bytes, self.max_bytes = 0, max_bytes
 
     def pixels(self, path: str | Path, model: MobileVLM) -> torch.Tensor:
         """Pixel values [3, S, S] of the image file `path` for `model` (its tower's S and the
@@ -44,17 +46,23 @@ class PixelCache:
         if px is None:
             with Image.open(path) as im:
                 px = preprocess_image(im.convert("RGB"), model.config, model.image_size)
-            self._px[key] = px
+            if self.bytes + px.numel() * px.element_size() <= self.max_bytes:
+                self._px[key] = px
+                self.bytes += px.numel() * px.element_size()
         return px
 
 
-def _key(px: torch.Tensor) -> bytes:
-    """Digest of one image's pixel bytes [3, S, S] (dtype and shape included)."""
-    t = px.detach().contiguous().cpu()
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.digest()
+def _keys(images: torch.Tensor) -> list[bytes]:
+    """Digest of each image's pixel bytes, images [N, 3, S, S] (dtype and shape included); one
+    copy to the host for the batch."""
+    host = images.detach().cpu().contiguous()
+    tag = f"{host.dtype}{tuple(host.shape[1:])}".encode()
+    out = []
+    for x in host:
+        h = hashlib.blake2b(tag, digest_size=16)
+        h.update(x.view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+        out.append(h.digest())
+    return out
 
 
 class _TokenCache:
@@ -90,7 +98,7 @@ class _TokenCache:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or images.shape[0] < 2 or not self.on:
             return self.encode(images)  # training, or the one-image kernels: never cached
-        keys = [_key(x) for x in images]
+        keys = _keys(images)
         if not self.checked:
             return self._first(images, keys)
         missing = {k: i for i, k in enumerate(keys) if k not in self.tokens}  # first row of each new image

@@ -73,6 +73,9 @@ def test_pixel_cache_equals_preprocess_image_once_per_file_and_mode(toy_vision_d
             got = cache.pixels(p, model)
             assert torch.equal(got, want) and cache.pixels(str(p), model) is got  # read once, any path form
     assert not torch.equal(cache.pixels(images[0], pad), cache.pixels(images[0], crop))  # modes kept apart
+    full = PixelCache(max_bytes=0)  # over its budget: preprocessed on every call, same values
+    a, b = full.pixels(images[1], pad), full.pixels(images[1], pad)
+    assert a is not b and torch.equal(a, cache.pixels(images[1], pad)) and full.bytes == 0
 
 
 def test_vision_token_cache_returns_the_models_own_batch_values(toy_vision_dir, tok, images):
