@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from evaluation.image_cache import PixelCache
 from pipeline.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER
 from pipeline.models import MobileVLM, preprocess_image
 from pipeline.templates import encode_conversation, encode_prompt
@@ -45,11 +46,11 @@ def _batches(items: list, size: int) -> Iterable[list]:
 @torch.no_grad()
 def evaluate(model: MobileVLM, tokenizer: Any, records: list[dict], image_root: str | Path,
              template: str = "v1", batch_size: int = 32, max_new_tokens: int = 16,
-             progress: bool = True) -> list[Prediction]:
+             progress: bool = True, pixels: PixelCache | None = None) -> list[Prediction]:
     """Greedy answers for `records`, in order (`generate_answers` on each record's conversation)."""
     image_root = Path(image_root)
     prompts = [(r["conversations"], image_root / r["image"] if r.get("image") else None) for r in records]
-    texts = generate_answers(model, tokenizer, prompts, template, batch_size, max_new_tokens, progress)
+    texts = generate_answers(model, tokenizer, prompts, template, batch_size, max_new_tokens, progress, pixels)
     out = []
     for i, (rec, text) in enumerate(zip(records, texts)):
         answer = str(rec.get("answer", rec["conversations"][-1]["value"]))
@@ -65,7 +66,7 @@ def evaluate(model: MobileVLM, tokenizer: Any, records: list[dict], image_root: 
 @torch.no_grad()
 def generate_answers(model: MobileVLM, tokenizer: Any, prompts: list[tuple[list[dict], Any]],
                      template: str = "v1", batch_size: int = 32, max_new_tokens: int = 16,
-                     progress: bool = True) -> list[str]:
+                     progress: bool = True, pixels: PixelCache | None = None) -> list[str]:
     """Greedy answers, in order, to `prompts`: (LLaVA conversation, image) pairs, the image a path,
     a PIL image or None (text-only). The prompt is the conversation up to its final "ASSISTANT:"
     (`encode_prompt`); the answer is the decoded new tokens without special tokens, stripped.
@@ -73,8 +74,10 @@ def generate_answers(model: MobileVLM, tokenizer: Any, prompts: list[tuple[list[
     The one generation path of `alignkd eval` and of the benchmark-harness model class
     (alignkd_harness/): the same prompts in the same order and batch size give the same batches,
     hence bit-identical answers. Prompts are sorted by length (less padding; order restored) and
-    right-padded with pad id 0."""
+    right-padded with pad id 0. Image files are preprocessed once each (`pixels`, shared across
+    calls when given)."""
     model.eval()
+    pixels = pixels if pixels is not None else PixelCache()
     encoded = [encode_prompt(conv, template, tokenizer, image is not None).input_ids for conv, image in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out: dict[int, str] = {}
@@ -90,7 +93,7 @@ def generate_answers(model: MobileVLM, tokenizer: Any, prompts: list[tuple[list[
             ids[row, : len(p)] = torch.tensor(p)
             am[row, : len(p)] = 1
             if image is not None:
-                images[row] = _pixels(image, model)
+                images[row] = _pixels(image, model, pixels)
                 any_image = True
         dev = model.device
         gen = model.generate(input_ids=ids.to(dev), images=images.to(dev, model.dtype) if any_image else None,
@@ -104,7 +107,8 @@ def generate_answers(model: MobileVLM, tokenizer: Any, prompts: list[tuple[list[
 
 @torch.no_grad()
 def image_use(model: MobileVLM, tokenizer: Any, records: list[dict], image_root: str | Path,
-              template: str = "plain", batch_size: int = 32, progress: bool = True) -> dict:
+              template: str = "plain", batch_size: int = 32, progress: bool = True,
+              pixels: PixelCache | None = None) -> dict:
     """How much a model reads the image: its mean caption loss (nats per target token) with each
     record's own image and with another record's image (the batch's images rotated by one), and
     the difference `gap` (~0 for a model that ignores the image; the toy captions name every
@@ -116,6 +120,7 @@ def image_use(model: MobileVLM, tokenizer: Any, records: list[dict], image_root:
     if len(records) < 2:
         raise ValueError("image_use needs at least 2 caption records (the images are swapped between them)")
     model.eval()
+    pixels = pixels if pixels is not None else PixelCache()
     image_root = Path(image_root)
     dev = model.device
     tot = {"own": 0.0, "other": 0.0}
@@ -127,7 +132,7 @@ def image_use(model: MobileVLM, tokenizer: Any, records: list[dict], image_root:
     for batch in batches:
         enc = [encode_conversation(r["conversations"], template, tokenizer, True) for r in batch]
         ids, lab, am = pad_encoded(enc)
-        images = torch.stack([_load(image_root / r["image"], model) for r in batch])
+        images = torch.stack([pixels.pixels(image_root / r["image"], model) for r in batch])
         k = int((lab[:, 1:] != IGNORE_INDEX).sum())  # target tokens (the model's CE is their mean)
         for key, imgs in (("own", images), ("other", images.roll(1, dims=0))):
             out = model(input_ids=ids.to(dev), images=imgs.to(dev, model.dtype), attention_mask=am.to(dev),
@@ -175,11 +180,12 @@ def _load(path: Path, model: MobileVLM) -> torch.Tensor:
         return preprocess_image(im.convert("RGB"), model.config)
 
 
-def _pixels(image: "Path | str | Image.Image", model: MobileVLM) -> torch.Tensor:
-    """Pixel values [3, S, S] of an image file or a PIL image (converted to RGB either way)."""
+def _pixels(image: "Path | str | Image.Image", model: MobileVLM, cache: PixelCache) -> torch.Tensor:
+    """Pixel values [3, S, S] of an image file (through `cache`) or a PIL image (converted to RGB
+    either way)."""
     if isinstance(image, Image.Image):
-        return preprocess_image(image.convert("RGB"), model.config)
-    return _load(Path(image), model)
+        return preprocess_image(image.convert("RGB"), model.config, model.image_size)
+    return cache.pixels(image, model)
 
 
 def summarise(preds: list[Prediction]) -> dict:

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
+from evaluation.image_cache import PixelCache
 from pipeline.constants import IGNORE_INDEX
-from pipeline.models import MobileVLM, preprocess_image
+from pipeline.models import MobileVLM
 from pipeline.models.capture import CaptureSpec
 from pipeline.templates import encode_conversation
 
@@ -34,7 +34,8 @@ _TV = CaptureSpec(layers=("first",), blocks=("tv",))
 
 @torch.no_grad()
 def transfer_metrics(student: MobileVLM, teacher: MobileVLM, tokenizer: Any, records: list[dict],
-                     image_root: str | Path, template: str = "v1", batch_size: int = 32) -> dict:
+                     image_root: str | Path, template: str = "v1", batch_size: int = 32,
+                     pixels: PixelCache | None = None) -> dict:
     from evaluation.heldout import pad_encoded  # evaluation imports models too
 
     if student.num_vision_tokens != teacher.num_vision_tokens:
@@ -43,6 +44,7 @@ def transfer_metrics(student: MobileVLM, teacher: MobileVLM, tokenizer: Any, rec
     student.eval()
     teacher.eval()
     root = Path(image_root)
+    pixels = pixels if pixels is not None else PixelCache()  # images preprocessed once each
     rkl_sum, n_tok = 0.0, 0
     s_maps: list[torch.Tensor] = []
     t_maps: list[torch.Tensor] = []
@@ -52,7 +54,7 @@ def transfer_metrics(student: MobileVLM, teacher: MobileVLM, tokenizer: Any, rec
         ids, lab, am = pad_encoded(enc)
         imgs = None
         if all(r.get("image") for r in batch):
-            imgs = torch.stack([_pixels(root / r["image"], student) for r in batch])
+            imgs = torch.stack([pixels.pixels(root / r["image"], student) for r in batch])
         s = student.forward_align(input_ids=ids, images=imgs, attention_mask=am, labels=lab, spec=_TV)
         t = teacher.forward_align(input_ids=ids, images=imgs, attention_mask=am, labels=lab, spec=_TV)
         resp = s.labels[:, 1:] != IGNORE_INDEX  # [B, L-1]: position t predicts token t+1
@@ -69,8 +71,3 @@ def transfer_metrics(student: MobileVLM, teacher: MobileVLM, tokenizer: Any, rec
         out["attn_mse"] = float(((a - b) ** 2).mean())
         out["attn_corr"] = round(float(torch.corrcoef(torch.stack([a, b]))[0, 1]), 4)
     return out
-
-
-def _pixels(path: Path, model: MobileVLM) -> torch.Tensor:
-    with Image.open(path) as im:
-        return preprocess_image(im.convert("RGB"), model.config, model.image_size)
