@@ -148,8 +148,9 @@ def test_dry_runs_print_the_plan_and_write_nothing(real):
     dump_cmd = f"alignkd teacher-dump --workflow {real['wf']} --subset short"
     assert f"{out / 'cache' / 'short.zarr'} not built yet: run `{dump_cmd}` first" in plan
     assert f"init      {out / 'student' / 'pretrain' / 'final'} (pre-training's export" in plan  # fine-tuning
-    for st in ("pretrain", "finetune"):  # starts from pre-training; each launch hands its ranks the resolved run
-        assert f"--module student_train.launch --run {out / 'student' / st / 'student_run.json'}" in plan
+    # one launch for both stages: its ranks get each stage's resolved run, in order
+    runs = " ".join(f"--run {out / 'student' / st / 'student_run.json'}" for st in ("pretrain", "finetune"))
+    assert f"--module student_train.launch {runs}" in plan
 
     assert _files(real["root"]) == before  # nothing written: no cache, no student run, no failures dir
     assert not (out / "cache").exists() and not (out / "student").exists()
