@@ -231,7 +231,7 @@ class DemoConfig:
 
     teacher_subset: str = "long"  # the teacher sees more data than the students (it must know more)
     teacher_pretrain_steps: int = 60
-    teacher_finetune_steps: int = 400
+    teacher_finetune_steps: int = 500
     # the teacher's learning rates (0: the train section's): a deeper, wider model wants a lower
     # one (measured on the toy teacher, see toy_world/world.py)
     teacher_lr: float = 0.0

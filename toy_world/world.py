@@ -28,7 +28,7 @@ development world workflows/toy_dev.yaml (seed 1), measured on this project's 2-
   `cache.focus_k` 2 keeps the paper's ratio (16 of 144).
 * cost per optimiser step: teacher (4x256) ≈ 0.65 s on captions, ≈ 0.8-1.4 s on QA (Short/Long);
   student (2x128) ≈ 0.25 s; 2 DeepSpeed ranks roughly halve the wall time of either.
-* the teacher is trained once per world (150 caption + 400 QA steps at lr 7e-4, ~4 min on 2 ranks),
+* the teacher is trained once per world (150 caption + 500 QA steps at lr 7e-4, ~3.9 min on 2 ranks),
   the students get two epochs of Short per stage (150 + 213 steps at 1e-3): on dev worlds 2 and 3
   the teacher answers 16-19 points better than an SFT student and drops 14-19 points with another
   image; the SFT student stays image-blind at that budget while the Align-KD student reads the image
