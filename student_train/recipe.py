@@ -389,9 +389,15 @@ class StudentTrainRecipe:
 
     # ----------------------------------------------------------------------------- cleanup
     def cleanup(self, keep_process_group: bool = False) -> None:
-        """Close the metrics; destroy the process group unless the launch runs another stage."""
+        """Close the metrics, release the engine (its gradient hooks hold the model and optimiser
+        states: a next stage in the same launch would otherwise hold two students and two ZeRO
+        partitions at once) and destroy the process group unless the launch runs another stage."""
         if self.writer is not None:
             self.writer.close()
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.destroy()
+            self.engine = self.module = self.loader = None
         if not keep_process_group and dist.is_available() and dist.is_initialized():
             deepspeed.comm.destroy_process_group()  # also drops DeepSpeed's cached groups (a later run re-inits)
 

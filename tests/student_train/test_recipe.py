@@ -260,6 +260,50 @@ def test_one_rank_cached_run_trains_logs_and_exports(tiny_world, tiny_store, tmp
     MobileVLM.from_pretrained(out)  # <out> itself holds the last exported stage
 
 
+def test_one_launch_runs_both_stages_and_frees_the_first_before_the_second(tiny_world, tmp_path, one_rank, monkeypatch):
+    """A rank of `--stage all` (student_train.launch.main with both run files): pre-training, then
+    fine-tuning in the same process from its export, whose pending tower comparison rank 0
+    completes; the first stage's engine and student are gone before the second builds its own."""
+    import gc
+    import weakref
+
+    from student_train import launch
+    from student_train.recipe import StudentTrainRecipe
+    from student_train.run import PENDING, resolve_runs
+
+    wf = with_overrides(tiny_world.workflow(), {"cache.dir": str(tmp_path / "cache")})
+    tiny_world.write_store(wf, projector_tokens="recompute", attention="recompute")
+    path = write_workflow(wf, tmp_path / "wf.yaml", save_every=0)
+    out = tmp_path / "o"
+    _, (pre, fine) = resolve_runs(load_workflow(path), "short", ["pretrain", "finetune"], out=str(out), max_steps=2)
+    assert fine.store.vision_source == PENDING
+    pre.write(), fine.write()  # as the CLI writes them: the first complete, the second pending
+
+    alive: list[weakref.ref] = []
+    seen_alive: list[int] = []
+    setup, cleanup = StudentTrainRecipe.setup, StudentTrainRecipe.cleanup
+
+    def counted_setup(self):
+        gc.collect()
+        seen_alive.append(sum(r() is not None for r in alive))  # earlier stages' engines still reachable
+        setup(self)
+
+    def counted_cleanup(self, **kw):
+        alive.extend([weakref.ref(self.engine), weakref.ref(self.module.student)])
+        cleanup(self, **kw)
+
+    monkeypatch.setattr(StudentTrainRecipe, "setup", counted_setup)
+    monkeypatch.setattr(StudentTrainRecipe, "cleanup", counted_cleanup)
+    launch.main(["--run", str(pre.path), "--run", str(fine.path)])
+    assert seen_alive == [0, 0]
+    for st in ("pretrain", "finetune"):
+        assert (out / st / "final" / "config.json").is_file() and len(read_metrics(out / st / "metrics.jsonl")) == 2
+    assert StudentRun.read(fine.path).store.vision_source == "recompute"  # completed by rank 0 after pre-training
+    pids = {json.loads((out / st / "run.json").read_text())["pid"] for st in ("pretrain", "finetune")}
+    assert pids == {os.getpid()}
+    assert (out / "pretrain" / "adapters.pt").is_file()  # what fine-tuning's adapters started from
+
+
 def test_nonfinite_loss_stops_naming_the_samples(tiny_world, tmp_path, one_rank):
     from pipeline.models import MobileVLM
     from student_train.recipe import NonFiniteTrainingError, StudentTrainRecipe
