@@ -24,7 +24,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import AutoTokenizer
 
 from evaluation.heldout import (
     Prediction,
@@ -38,25 +37,11 @@ from evaluation.heldout import (
 from pipeline.constants import IGNORE_INDEX
 from pipeline.models import MobileVLM, preprocess_image
 from pipeline.templates import encode_conversation, encode_prompt
-from tests.pipeline.data_fixtures import caption, make_tokenizer, qa
+from tests.pipeline.data_fixtures import caption, qa
 from toy_world.presets import toy_student_config
 
 EOS = 2
 MAX_NEW = 6
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny models: one intra-op thread is fastest, and far faster than several on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory) -> Any:
-    return AutoTokenizer.from_pretrained(str(make_tokenizer(tmp_path_factory.mktemp("tok"))))
 
 
 @pytest.fixture

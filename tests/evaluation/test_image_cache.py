@@ -12,33 +12,18 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoTokenizer
 
 from evaluation.heldout import evaluate, image_use, with_other_images
 from evaluation.image_cache import PixelCache, vision_token_cache
 from evaluation.transfer import transfer_metrics
 from pipeline.models import MobileVLM, preprocess_image
-from tests.pipeline.data_fixtures import caption, make_tokenizer, qa
+from tests.pipeline.data_fixtures import caption, qa
 from toy_world.presets import toy_student_config, toy_teacher_config
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory) -> Any:
-    return AutoTokenizer.from_pretrained(str(make_tokenizer(tmp_path_factory.mktemp("tok"))))
 
 
 @pytest.fixture
