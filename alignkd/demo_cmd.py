@@ -146,7 +146,9 @@ def demo(
 
 def prepare_teacher(run: StepRunner, wf, w: str) -> None:
     """Toy world → manifest → toy teacher (sft on demo.teacher_subset with its own budget).
-    Shared with `alignkd reproduce`; finished steps are no-ops, a half-trained teacher is retrained."""
+    Shared with `alignkd reproduce`; finished steps are no-ops, a half-trained teacher is retrained,
+    and a finished one trained with other `demo.teacher_*` settings is refused (exit 1, naming what
+    differs) rather than silently reused."""
     import shutil
 
     run("generate the toy world", ["toy", "world", "--workflow", w])
@@ -154,24 +156,61 @@ def prepare_teacher(run: StepRunner, wf, w: str) -> None:
     teacher = Path(wf.models.teacher)
     if teacher.exists() and not (teacher / "config.json").is_file():
         shutil.rmtree(teacher)
-    teacher_init = str(Path(wf.world.dir) / "teacher_init")
-    if not (teacher / "config.json").is_file():
-        t_run = Path(wf.run_dir) / "teacher_run"
-        if t_run.exists():
-            shutil.rmtree(t_run)
-        d = wf.demo
-        args = ["student-train", "--workflow", w, "--subset", d.teacher_subset, "--mode", "sft", "--out", str(t_run),
-                "--num-procs", str(d.teacher_ranks), "--stage", "all", "--init", teacher_init,
-                "--set", f"train.pretrain.max_steps={d.teacher_pretrain_steps}",
-                "--set", f"train.finetune.max_steps={d.teacher_finetune_steps}"]
-        args += ["--lr", str(d.teacher_lr)] if d.teacher_lr else []
-        args += ["--projector-lr", str(d.teacher_projector_lr)] if d.teacher_projector_lr else []
-        # one command, one launch: pre-training from the init, then fine-tuning from its export
-        run("train the toy teacher (sft, pre-training then fine-tuning)", args)
-        shutil.copytree(t_run / "finetune" / "final", wf.models.teacher)
-        from pipeline.models.original_compat import point_vision_tower  # torch: not at CLI start
+    recipe = teacher_recipe(wf)
+    if (teacher / "config.json").is_file():
+        problem = check_teacher_recipe(teacher, recipe)
+        if problem:
+            typer.secho(f"{run.prog}: {problem}", fg="red", err=True)
+            raise typer.Exit(code=1)
+        return
+    t_run = Path(wf.run_dir) / "teacher_run"
+    if t_run.exists():
+        shutil.rmtree(t_run)
+    d = wf.demo
+    args = ["student-train", "--workflow", w, "--subset", d.teacher_subset, "--mode", "sft", "--out", str(t_run),
+            "--num-procs", str(d.teacher_ranks), "--stage", "all", "--init", recipe["init"],
+            "--set", f"train.pretrain.max_steps={d.teacher_pretrain_steps}",
+            "--set", f"train.finetune.max_steps={d.teacher_finetune_steps}"]
+    args += ["--lr", str(d.teacher_lr)] if d.teacher_lr else []
+    args += ["--projector-lr", str(d.teacher_projector_lr)] if d.teacher_projector_lr else []
+    # one command, one launch: pre-training from the init, then fine-tuning from its export
+    run("train the toy teacher (sft, pre-training then fine-tuning)", args)
+    shutil.copytree(t_run / "finetune" / "final", wf.models.teacher)
+    from pipeline.models.original_compat import point_vision_tower  # torch: not at CLI start
 
-        point_vision_tower(Path(wf.models.teacher))  # the copy's own tower, not the training run's
+    point_vision_tower(Path(wf.models.teacher))  # the copy's own tower, not the training run's
+    (teacher / TEACHER_RECIPE).write_text(json.dumps(recipe, indent=2) + "\n")
+
+
+TEACHER_RECIPE = "alignkd_teacher.json"  # in the teacher's directory: the demo settings it was trained with
+
+
+def teacher_recipe(wf) -> dict:
+    """What the toy teacher is trained from and with: the world's init and the workflow's
+    `demo.teacher_*` settings (a teacher of other settings is another teacher)."""
+    import dataclasses
+
+    settings = {k: v for k, v in dataclasses.asdict(wf.demo).items() if k.startswith("teacher_")}
+    return {"init": str(Path(wf.world.dir) / "teacher_init"), **settings}
+
+
+def check_teacher_recipe(teacher: Path, recipe: dict) -> str | None:
+    """None if the teacher in `teacher` was trained with `recipe`, else what differs: a finished
+    teacher is reused, so a changed setting (e.g. demo.teacher_finetune_steps) must not silently
+    keep the old one, nor the cache and students built from it."""
+    path = teacher / TEACHER_RECIPE
+    fix = (f"delete {teacher.parent} (its cache and students were built from that teacher) or run "
+           "`alignkd demo --fresh`, or point models.teacher elsewhere")
+    try:
+        have = json.loads(path.read_text())
+    except FileNotFoundError:
+        return f"{teacher} holds a teacher without {TEACHER_RECIPE} (trained by an earlier alignkd); the settings it was trained with are unknown: {fix}"
+    except (OSError, json.JSONDecodeError) as exc:
+        return f"{path}: unreadable ({exc}): {fix}"
+    diff = [f"{k} {have.get(k)!r} -> {recipe.get(k)!r}" for k in sorted(set(have) | set(recipe)) if have.get(k) != recipe.get(k)]
+    if diff:
+        return f"{teacher} was trained with other settings than the workflow's ({'; '.join(diff)}): {fix}"
+    return None
 
 
 def _draw_heatmaps(run: StepRunner, wf, w: str, subset: str, report: Path) -> list[Path]:
