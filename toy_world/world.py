@@ -30,9 +30,10 @@ development world workflows/toy_dev.yaml (seed 1), measured on this project's 2-
   student (2x128) ≈ 0.25 s; 2 DeepSpeed ranks roughly halve the wall time of either.
 * the teacher is trained once per world (150 caption + 500 QA steps at lr 7e-4, ~3.9 min on 2 ranks),
   the students get two epochs of Short per stage (150 + 213 steps at 1e-3): on dev worlds 2 and 3
-  the teacher answers 16-19 points better than an SFT student and drops 14-19 points with another
+  the teacher answers 19-22 points better than an SFT student and drops 18-21 points with another
   image; the SFT student stays image-blind at that budget while the Align-KD student reads the image
-  (0.482 / 0.499 vs SFT 0.354 / 0.355; docs/results/distillation.md) — the gap Align-KD closes.
+  (with the 400-step teacher: 0.482 / 0.499 vs SFT 0.354 / 0.355; docs/results/distillation.md) —
+  the gap Align-KD closes.
 * 1,200 training images, 1,200 captions and 2,000 fine-tuning records (1,700 in Short): the
   students see Short twice per stage (150 + 213 steps); the Short dump is 2,900 samples (~1 min).
 * 1,400 eval questions (200 per task type) on 500 held-out images, and one description per
