@@ -14,7 +14,7 @@ the teacher dump it notes the missing cache rather than refusing.
     alignkd student-train --workflow workflows/toy.yaml --subset short --stage all
     alignkd student-train --workflow workflows/mobilevlm_v2.yaml --stage all --num-gpus 8 --dry-run
     alignkd student-train --mode sft --init runs/toy/world/teacher_init --out runs/toy/teacher_run \
-        --set train.pretrain.max_steps=150 --set train.finetune.max_steps=400          # the toy teacher
+        --set train.pretrain.max_steps=150 --set train.finetune.max_steps=500          # the toy teacher
 """
 
 from __future__ import annotations
