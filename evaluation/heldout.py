@@ -175,11 +175,6 @@ def with_other_images(records: list[dict]) -> list[dict]:
     return out
 
 
-def _load(path: Path, model: MobileVLM) -> torch.Tensor:
-    with Image.open(path) as im:
-        return preprocess_image(im.convert("RGB"), model.config)
-
-
 def _pixels(image: "Path | str | Image.Image", model: MobileVLM, cache: PixelCache) -> torch.Tensor:
     """Pixel values [3, S, S] of an image file (through `cache`) or a PIL image (converted to RGB
     either way)."""

@@ -49,9 +49,9 @@ def test_packed_qa_and_answer_accuracy(tmp_path):
     tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
     model = MobileVLM.from_pretrained(world / "student_init")
     evals = json.loads((world / "data" / "eval.json").read_text())[:12]
-    from evaluation.heldout import _load
+    from evaluation.image_cache import PixelCache
 
-    image = lambda rel: _load(world / "images" / rel, model)
+    image = lambda rel, px=PixelCache(): px.pixels(world / "images" / rel, model)
     for swap in (False, True):
         pred, target = grounding_onset.first_answer_tokens(model, tok, evals, image, swap=swap, batch_size=5)
         for k, r in enumerate(evals):
