@@ -44,7 +44,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launcher_command(run_files: Path | list[Path], num_procs: int, num_nodes: int = 1, hostfile: str | None = None,
+def launcher_command(run_files: list[Path], num_procs: int, num_nodes: int = 1, hostfile: str | None = None,
                      master_port: int | None = None, extra: str = "") -> list[str]:
     """The `deepspeed` launcher command for the stages whose resolved runs are `run_files` (in order).
 
@@ -59,7 +59,7 @@ def launcher_command(run_files: Path | list[Path], num_procs: int, num_nodes: in
     cmd += ["--num_gpus", str(num_procs), "--master_port", str(master_port or free_port())]
     cmd += shlex.split(extra)
     cmd += ["--module", "student_train.launch"]
-    for f in [run_files] if isinstance(run_files, Path) else run_files:
+    for f in run_files:
         cmd += ["--run", str(f)]
     return cmd
 

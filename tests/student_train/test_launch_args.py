@@ -36,7 +36,7 @@ def test_a_resolved_run_round_trips_through_its_json_file(tmp_path):
 
 def test_the_launch_hands_the_ranks_the_run_files_in_stage_order(tmp_path):
     path = _run(tmp_path).path
-    cmd = launcher_command(path, 2, master_port=29611)
+    cmd = launcher_command([path], 2, master_port=29611)
     assert cmd[cmd.index("--module"):] == ["--module", "student_train.launch", "--run", str(path)]
     assert parse_args([*cmd[cmd.index("--run"):], "--local_rank=1"]) == [path]
     pre = _run(tmp_path, stage="pretrain").path
@@ -82,7 +82,7 @@ def test_release_shm_buffers_removes_only_this_launchs_buffers(tmp_path):
 
     from student_train.launch import release_shm_buffers
 
-    cmd = launcher_command(Path("o/finetune/student_run.json"), 2, master_port=29611)
+    cmd = launcher_command([Path("o/finetune/student_run.json")], 2, master_port=29611)
     uid = os.getuid()
     mine = [f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_29611_{r}" for r in (0, 1)]
     others = [f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_29612_0",  # another launch, still running
